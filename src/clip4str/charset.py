@@ -1,0 +1,147 @@
+"""Charsets, the character tokenizer and the test-time charset adapter.
+
+Token ids follow the official code so released heads load unchanged: ``[E]`` (end of sequence) is id 0,
+the charset's characters take ids ``1..len(charset)`` in order, then ``[B]`` (begin) and ``[P]`` (pad).
+The heads predict ``len(charset) + 1`` classes (EOS and the characters).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+CHARSET_36 = string.digits + string.ascii_lowercase
+CHARSET_62 = string.digits + string.ascii_lowercase + string.ascii_uppercase
+CHARSET_94 = CHARSET_62 + string.punctuation
+# Vietnamese: the 94 ASCII characters plus every precomposed (NFC) Vietnamese letter, both cases.
+_VIETNAMESE_LOWER = (
+    "àáảãạăằắẳẵặâầấẩẫậèéẻẽẹêềếểễệìíỉĩịòóỏõọôồốổỗộơờớởỡợùúủũụưừứửữựỳýỷỹỵđ"
+)
+CHARSET_VIETNAMESE = CHARSET_94 + _VIETNAMESE_LOWER + _VIETNAMESE_LOWER.upper()
+
+PRESETS: dict[str, str] = {
+    "36": CHARSET_36,
+    "36_lowercase": CHARSET_36,
+    "62": CHARSET_62,
+    "62_mixed-case": CHARSET_62,
+    "94": CHARSET_94,
+    "94_full": CHARSET_94,
+    "vietnamese": CHARSET_VIETNAMESE,
+}
+
+EOS, BOS, PAD = "[E]", "[B]", "[P]"
+
+
+def resolve_charset(spec: str) -> str:
+    """A preset name ('36', '62', '94', 'vietnamese'), a path to a UTF-8 text file, or the characters.
+
+    In a file, line breaks are ignored; all other characters, in order, form the charset. The result is
+    NFC-normalised and must not repeat a character.
+    """
+    if spec in PRESETS:
+        return PRESETS[spec]
+    if spec.startswith("@") or (len(spec) < 4096 and "\n" not in spec and Path(spec).is_file()):
+        path = Path(spec.lstrip("@"))
+        if not path.is_file():
+            raise FileNotFoundError(f"charset file not found: {path}")
+        text = path.read_text(encoding="utf-8").replace("\r", "").replace("\n", "")
+    else:
+        text = spec
+    text = unicodedata.normalize("NFC", text)
+    if not text:
+        raise ValueError("charset is empty")
+    seen: set[str] = set()
+    repeated = sorted({c for c in text if c in seen or seen.add(c)})  # type: ignore[func-returns-value]
+    if repeated:
+        raise ValueError(f"charset repeats character(s) {''.join(repeated)!r}")
+    return text
+
+
+class CharTokenizer:
+    """Maps labels to ``[B] chars [E] [P]...`` id tensors and head outputs back to strings."""
+
+    def __init__(self, charset: str) -> None:
+        self.charset = charset
+        self.itos: tuple[str, ...] = (EOS, *charset, BOS, PAD)
+        self.stoi = {s: i for i, s in enumerate(self.itos)}
+        self.eos_id = 0
+        self.bos_id = len(charset) + 1
+        self.pad_id = len(charset) + 2
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    @property
+    def num_classes(self) -> int:
+        """Head outputs: EOS and the characters ([B] and [P] are never predicted)."""
+        return len(self.charset) + 1
+
+    def encode(self, labels: Sequence[str], device: torch.device | str | None = None) -> Tensor:
+        """Labels → (N, L_max + 2) int64 ``[BOS, ids..., EOS, PAD...]``. Unknown characters raise KeyError."""
+        rows = []
+        for label in labels:
+            try:
+                ids = [self.stoi[c] for c in label]
+            except KeyError as err:
+                raise KeyError(f"label {label!r} has character {err.args[0]!r} outside the charset") from None
+            rows.append([self.bos_id, *ids, self.eos_id])
+        width = max((len(r) for r in rows), default=2)
+        out = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        return out.to(device) if device is not None else out
+
+    def ids_to_text(self, ids: Sequence[int]) -> str:
+        return "".join(self.itos[i] for i in ids)
+
+    def decode(self, probs: Tensor) -> tuple[list[str], list[Tensor]]:
+        """(N, L, C) probabilities → texts cut at the first EOS, and per-row probabilities of the kept
+        characters followed by the EOS probability (when an EOS was predicted).
+
+        Confidence is the product of a row's probabilities, as the official evaluation computes it.
+        """
+        max_probs, ids = probs.max(-1)
+        texts, row_probs = [], []
+        eos_hits = ids == self.eos_id
+        for row_ids, row_p, row_eos in zip(ids.tolist(), max_probs, eos_hits.tolist()):
+            end = row_eos.index(True) if True in row_eos else len(row_ids)
+            texts.append(self.ids_to_text(row_ids[:end]))
+            row_probs.append(row_p[: end + 1])
+        return texts, row_probs
+
+    def decode_caption(self, ids: Tensor) -> list[str]:
+        """Greedy ids (N, L) → caption strings as the official ``decode_fast`` does.
+
+        The official code joins every token's string (specials included) and cuts at the first occurrence
+        of the string ``'[E]'``, so three predicted characters ``[``, ``E``, ``]`` also end the caption.
+        Released checkpoints were trained with this behaviour, so it is reproduced.
+        """
+        out = []
+        for row in ids.tolist():
+            text = "".join(self.itos[i] for i in row)
+            cut = text.find(EOS)
+            out.append(text if cut < 0 else text[:cut])
+        return out
+
+
+class CharsetAdapter:
+    """The official test-time adapter: case-fold when the target charset has one case, drop the rest."""
+
+    def __init__(self, target_charset: str) -> None:
+        self.target_charset = target_charset
+        self.lowercase_only = target_charset == target_charset.lower()
+        self.uppercase_only = target_charset == target_charset.upper()
+        self._unsupported = re.compile(f"[^{re.escape(target_charset)}]")
+
+    def __call__(self, label: str) -> str:
+        if self.lowercase_only:
+            label = label.lower()
+        elif self.uppercase_only:
+            label = label.upper()
+        return self._unsupported.sub("", label)

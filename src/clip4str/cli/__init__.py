@@ -1,0 +1,51 @@
+"""``clip4str`` command line: one sub-module per command group, each exposing ``register(subparsers)``.
+
+Sub-modules only parse arguments and call into the library; heavy imports happen inside the handlers so
+``clip4str read`` never imports the trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clip4str", description="CLIP4STR scene text recognition: read, evaluate, train, make datasets."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the CLI turns known errors into one clear line
+        from clip4str.errors import Clip4strError
+
+        if isinstance(err, (Clip4strError, FileNotFoundError, ValueError)) and not getattr(args, "debug", False):
+            print(f"clip4str {args.command}: error: {err}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""CLIP towers, weight-file readers and the BPE tokenizer, written for clip4str."""

@@ -1,0 +1,303 @@
+"""Typed configuration of a CLIP4STR model, with a strict JSON round trip.
+
+Every checkpoint in the package's own format carries a :class:`ModelConfig` as ``config.json``; official
+checkpoints are converted into one on load (sizes from the weights, charset from ``hyper_parameters``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from clip4str.charset import CHARSET_94
+
+T = TypeVar("T")
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HALF_MEAN_STD = (0.5, 0.5, 0.5)
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, mistyped or inconsistent; the message names it."""
+
+
+@dataclass
+class VisionConfig:
+    """ViT image tower. ``image_size // patch_size`` patches per side, plus one class token."""
+
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    patch_size: int = 16
+    image_size: int = 224
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size**2 + 1
+
+
+@dataclass
+class TextConfig:
+    """Causal text transformer. ``context_length`` is the number of positional embedding rows (77)."""
+
+    width: int = 512
+    layers: int = 12
+    heads: int = 8
+    context_length: int = 77
+    vocab_size: int = 49408
+
+
+@dataclass
+class CLIPConfig:
+    """Both CLIP towers. The official CLIP4STR uses QuickGELU and ``width // 64`` heads for every backbone."""
+
+    embed_dim: int = 512
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    activation: str = "quick_gelu"  # "quick_gelu" | "gelu"
+
+    def __post_init__(self) -> None:
+        if self.activation not in ("quick_gelu", "gelu"):
+            raise ConfigError(f"clip.activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
+
+
+@dataclass
+class DecoderConfig:
+    """PARSeq two-stream decoder (both branches share these sizes; width = ``clip.embed_dim``)."""
+
+    depth: int = 1
+    num_heads: int = 8
+    mlp_ratio: int = 4
+    dropout: float = 0.1
+
+
+@dataclass
+class PreprocessConfig:
+    """Resize to ``image_size`` (H, W) ignoring aspect ratio, scale to [0, 1], then ``(x - mean) / std``.
+
+    The official evaluation and ``read.py`` use mean = std = 0.5, while training used CLIP's statistics.
+    """
+
+    image_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = HALF_MEAN_STD
+    std: tuple[float, float, float] = HALF_MEAN_STD
+    interpolation: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
+        self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
+        self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
+        if len(self.image_size) != 2 or min(self.image_size) <= 0:
+            raise ConfigError(f"preprocess.image_size must be two positive ints (H, W), got {self.image_size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ConfigError("preprocess.mean and preprocess.std must have 3 values, std > 0")
+        if self.interpolation not in ("bicubic", "bilinear", "nearest"):
+            raise ConfigError(f"preprocess.interpolation must be bicubic|bilinear|nearest, got {self.interpolation!r}")
+
+
+@dataclass
+class DecodingConfig:
+    """Test-time decoding: ``mode`` 'ar' (autoregressive) or 'nar', cloze ``refine_iters``, visual branch only."""
+
+    mode: str = "ar"
+    refine_iters: int = 1
+    visual_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("ar", "nar"):
+            raise ConfigError(f"decoding.mode must be 'ar' or 'nar', got {self.mode!r}")
+        if self.refine_iters < 0:
+            raise ConfigError(f"decoding.refine_iters must be >= 0, got {self.refine_iters}")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a CLIP4STR model and its preprocessing from weights alone."""
+
+    clip: CLIPConfig = field(default_factory=CLIPConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    charset_train: str = CHARSET_94
+    # Characters the prediction is restricted to before it is fed to the text encoder and compared with
+    # labels (the official ``charset_test``). None means ``charset_train``.
+    charset_test: str | None = None
+    max_label_length: int = 25
+    caption_length: int = 16  # CLIP context length for the predicted caption (official ``context_length``)
+    text_freeze_layers: int = 6
+    image_freeze_layers: int = 0
+    cross_loss_weight: float = 1.0
+    perm_num: int = 6
+    perm_forward: bool = True
+    perm_mirrored: bool = True
+    text_encoder: str = "clip"
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.charset_train:
+            raise ConfigError("charset_train must not be empty")
+        if len(set(self.charset_train)) != len(self.charset_train):
+            raise ConfigError("charset_train has repeated characters")
+        if self.max_label_length < 1:
+            raise ConfigError(f"max_label_length must be >= 1, got {self.max_label_length}")
+        if self.clip.embed_dim % self.decoder.num_heads:
+            raise ConfigError(
+                f"decoder.num_heads={self.decoder.num_heads} does not divide the decoder width "
+                f"clip.embed_dim={self.clip.embed_dim}"
+            )
+
+    @property
+    def resolved_charset_test(self) -> str:
+        return self.charset_train if self.charset_test is None else self.charset_test
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+        if path is not None:
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return from_dict(cls, data)
+
+    @classmethod
+    def from_json(cls, path_or_text: str | Path) -> ModelConfig:
+        text = str(path_or_text)
+        if not text.lstrip().startswith("{"):
+            text = Path(path_or_text).read_text(encoding="utf-8")
+        return cls.from_dict(json.loads(text))
+
+
+# --------------------------------------------------------------------------------------------------
+# Generic dataclass <-> dict conversion, strict about unknown keys and types.
+
+
+def to_dict(obj: Any) -> Any:
+    """Nested dataclass → plain JSON-compatible dict (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {hint.__name__}, got {type(value).__name__}")
+        return from_dict(hint, value, prefix=where)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item_hint = args[0] if args else Any
+        items = [_coerce(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and mistyped values raise :class:`ConfigError`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f" in {prefix}" if prefix else ""
+        raise ConfigError(f"unknown config key(s){where}: {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else key
+        kwargs[key] = _coerce(value, hints[key], where)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{prefix or cls.__name__}: {err}") from err
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``'a.b.c=value'`` into (['a','b','c'], value). Values are JSON when they parse, else strings."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. decoder.depth=2)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(cfg: T, overrides: list[str]) -> T:
+    """Return a copy of dataclass ``cfg`` with ``key.sub=value`` overrides applied and type-checked."""
+    data = to_dict(cfg)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(path[: i + 1])} is not a config section")
+            node = node[part]
+        if path[-1] not in node:
+            raise ConfigError(
+                f"override {text!r}: unknown key {'.'.join(path)}; valid keys here: {', '.join(sorted(node))}"
+            )
+        node[path[-1]] = value
+    return from_dict(type(cfg), data)

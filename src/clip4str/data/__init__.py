@@ -1,0 +1,1 @@
+"""Datasets, label rules, transforms, augmentation and the synthetic word renderer."""
