@@ -20,9 +20,7 @@ CHARSET_36 = string.digits + string.ascii_lowercase
 CHARSET_62 = string.digits + string.ascii_lowercase + string.ascii_uppercase
 CHARSET_94 = CHARSET_62 + string.punctuation
 # Vietnamese: the 94 ASCII characters plus every precomposed (NFC) Vietnamese letter, both cases.
-_VIETNAMESE_LOWER = (
-    "àáảãạăằắẳẵặâầấẩẫậèéẻẽẹêềếểễệìíỉĩịòóỏõọôồốổỗộơờớởỡợùúủũụưừứửữựỳýỷỹỵđ"
-)
+_VIETNAMESE_LOWER = "àáảãạăằắẳẵặâầấẩẫậèéẻẽẹêềếểễệìíỉĩịòóỏõọôồốổỗộơờớởỡợùúủũụưừứửữựỳýỷỹỵđ"
 CHARSET_VIETNAMESE = CHARSET_94 + _VIETNAMESE_LOWER + _VIETNAMESE_LOWER.upper()
 
 PRESETS: dict[str, str] = {

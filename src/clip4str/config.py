@@ -98,11 +98,15 @@ class PreprocessConfig:
         self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
         if len(self.image_size) != 2 or min(self.image_size) <= 0:
-            raise ConfigError(f"preprocess.image_size must be two positive ints (H, W), got {self.image_size}")
+            raise ConfigError(
+                f"preprocess.image_size must be two positive ints (H, W), got {self.image_size}"
+            )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError("preprocess.mean and preprocess.std must have 3 values, std > 0")
         if self.interpolation not in ("bicubic", "bilinear", "nearest"):
-            raise ConfigError(f"preprocess.interpolation must be bicubic|bilinear|nearest, got {self.interpolation!r}")
+            raise ConfigError(
+                f"preprocess.interpolation must be bicubic|bilinear|nearest, got {self.interpolation!r}"
+            )
 
 
 @dataclass
@@ -259,7 +263,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(data) - names)
     if unknown:
         where = f" in {prefix}" if prefix else ""
-        raise ConfigError(f"unknown config key(s){where}: {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"unknown config key(s){where}: {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}"
+        )
     kwargs = {}
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else key

@@ -1,0 +1,360 @@
+"""The CLIP4STR network: CLIP image encoder, visual decoder, CLIP text encoder and cross-modal decoder.
+
+Decoding (``forward``/``decode``) is the dual predict-and-refine scheme of the paper:
+
+1. the visual decoder reads the image memory autoregressively (or in one non-autoregressive pass);
+2. its greedy prediction becomes a caption, which the CLIP text encoder turns into text features; the
+   cross-modal decoder reads ``[image memory (detached); text features]`` autoregressively;
+3. each refinement iteration re-runs both decoders as cloze models on their previous predictions, the
+   cross-modal memory being rebuilt from the refined visual prediction.
+
+The output is the cross-modal logits. Each row stops decoding at its own end-of-sequence, so a row's text
+and confidence never depend on the rest of its batch (the official loop runs the cross-modal pass for as
+many steps as the whole batch's visual pass took, which can cut a row short).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clip4str.charset import CharsetAdapter, CharTokenizer
+from clip4str.clip.model import CLIP
+from clip4str.config import ModelConfig
+from clip4str.model.decoder import Decoder
+from clip4str.model.permutations import attention_masks, generate_permutations
+
+
+@dataclass
+class DecodeTrace:
+    """Intermediate results of one decoding, for tests and debugging (all logits (N, k, C))."""
+
+    visual_initial: Tensor | None = None
+    cross_initial: Tensor | None = None
+    captions: list[list[str]] = field(default_factory=list)
+    refine_visual: list[Tensor] = field(default_factory=list)
+    refine_cross: list[Tensor] = field(default_factory=list)
+
+
+def cloze_mask(num_steps: int, device: torch.device) -> Tensor:
+    """(num_steps, num_steps) additive mask where query i hides only content i + 1 (its own target)."""
+    mask = torch.zeros(num_steps, num_steps, device=device)
+    idx = torch.arange(num_steps - 1, device=device)
+    mask[idx, idx + 1] = float("-inf")
+    return mask
+
+
+def causal_mask(size: int, device: torch.device) -> Tensor:
+    return torch.full((size, size), float("-inf"), device=device).triu(1)
+
+
+class CLIP4STR(nn.Module):
+    """CLIP4STR. State-dict keys match the official checkpoints (``clip_model.*``, ``visual_decoder.*``,
+    ``cross_decoder.*``).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = CharTokenizer(config.charset_train)
+        self.clip_model = CLIP(config.clip)
+        dec = config.decoder
+
+        def make_decoder() -> Decoder:
+            return Decoder(
+                width=config.clip.embed_dim,
+                depth=dec.depth,
+                num_heads=dec.num_heads,
+                mlp_ratio=dec.mlp_ratio,
+                dropout=dec.dropout,
+                num_tokens=len(self.tokenizer),
+                num_classes=self.tokenizer.num_classes,
+                max_positions=config.max_label_length + 1,
+            )
+
+        self.visual_decoder = make_decoder()
+        self.cross_decoder = make_decoder()
+        self.perm_rng = np.random.default_rng()
+        self._caption_tokenizer = None
+        self.set_charset_test(config.charset_test)
+        self.freeze_()
+
+    # ------------------------------------------------------------------------------------------ setup
+    @property
+    def device(self) -> torch.device:
+        return self.visual_decoder.pos_queries.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual_decoder.pos_queries.dtype
+
+    def set_charset_test(self, charset_test: str | None) -> None:
+        """Set the characters predictions are restricted to before they become captions (changes logits)."""
+        self.config.charset_test = charset_test
+        self.charset_adapter = CharsetAdapter(self.config.resolved_charset_test)
+
+    def freeze_(self) -> None:
+        """Apply the config's freezing: the first ``text_freeze_layers`` text blocks with the token and
+        position embeddings, and the first ``image_freeze_layers`` image blocks with the patch embedding.
+        ``logit_scale`` is unused and always frozen.
+        """
+        clip = self.clip_model
+        for p in clip.parameters():
+            p.requires_grad_(True)
+        clip.logit_scale.requires_grad_(False)
+        n_text = self.config.text_freeze_layers
+        if n_text > 0:
+            for p in [clip.token_embedding.weight, clip.positional_embedding]:
+                p.requires_grad_(False)
+            for block in clip.transformer.resblocks[:n_text]:
+                block.requires_grad_(False)
+        n_image = self.config.image_freeze_layers
+        if n_image > 0:
+            visual = clip.visual
+            for p in [visual.conv1.weight, visual.class_embedding, visual.positional_embedding]:
+                p.requires_grad_(False)
+            visual.ln_pre.requires_grad_(False)
+            for block in visual.transformer.resblocks[:n_image]:
+                block.requires_grad_(False)
+
+    @property
+    def caption_tokenizer(self):
+        if self._caption_tokenizer is None:
+            from clip4str.clip.tokenizer import ClipTokenizer
+
+            self._caption_tokenizer = ClipTokenizer()
+        return self._caption_tokenizer
+
+    # ------------------------------------------------------------------------------------------ parts
+    def encode(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) normalised images → image memory (N, T, E): every ViT token, CLS included."""
+        return self.clip_model.encode_image_tokens(images.to(self.dtype))
+
+    def captions_from_logits(self, logits: Tensor) -> list[str]:
+        """Greedy captions of (N, k, C) logits, cut at '[E]' and passed through the test charset adapter."""
+        ids = logits.argmax(-1)
+        return [self.charset_adapter(c) for c in self.tokenizer.decode_caption(ids)]
+
+    def caption_ids(self, captions: list[str]) -> Tensor:
+        """Captions → (N, caption_length) CLIP token ids on the model's device."""
+        ids = self.caption_tokenizer(captions, context_length=self.config.caption_length, truncate=True)
+        return ids.to(self.device)
+
+    def cross_memory(self, memory: Tensor, logits: Tensor, captions: list[str] | None = None) -> Tensor:
+        """[image memory (detached); CLIP text features of the prediction]: (N, T + caption_length, E)."""
+        if captions is None:
+            captions = self.captions_from_logits(logits)
+        text = self.clip_model.encode_text_tokens(self.caption_ids(captions))
+        return torch.cat([memory.detach(), text.to(memory.dtype)], dim=1)
+
+    # ------------------------------------------------------------------------------------------ decoding
+    def _autoregressive(self, decoder: Decoder, memory: Tensor, num_steps: int, stop_early: bool) -> Tensor:
+        """Greedy AR decoding → logits (N, k, C), k <= num_steps; stops once every row has emitted EOS."""
+        n = memory.shape[0]
+        bos, pad, eos = self.tokenizer.bos_id, self.tokenizer.pad_id, self.tokenizer.eos_id
+        mem_kv = decoder.memory_kv(memory)
+        tgt = torch.full((n, num_steps), pad, dtype=torch.long, device=memory.device)
+        tgt[:, 0] = bos
+        causal = causal_mask(num_steps, memory.device)
+        done = torch.zeros(n, dtype=torch.bool, device=memory.device)
+        outputs = []
+        for i in range(num_steps):
+            j = i + 1
+            step_logits = decoder(
+                tgt[:, :j],
+                mem_kv,
+                query=decoder.pos_queries[:, i:j],
+                content_mask=causal[:j, :j],
+            )
+            outputs.append(step_logits)
+            next_ids = step_logits.squeeze(1).argmax(-1)
+            if j < num_steps:
+                tgt[:, j] = next_ids
+            if stop_early:
+                done |= next_ids == eos
+                if bool(done.all()):
+                    break
+        return torch.cat(outputs, dim=1)
+
+    def _non_autoregressive(self, decoder: Decoder, memory: Tensor, num_steps: int) -> Tensor:
+        """All positions in one pass from [B] alone → (N, num_steps, C)."""
+        n = memory.shape[0]
+        tgt = torch.full((n, 1), self.tokenizer.bos_id, dtype=torch.long, device=memory.device)
+        return decoder(tgt, memory, query=decoder.pos_queries[:, :num_steps])
+
+    def _refine(self, decoder: Decoder, memory: Tensor, logits: Tensor, num_steps: int) -> Tensor:
+        """One cloze iteration: re-read the previous greedy prediction with each position's own token
+        hidden and everything from the first EOS on ignored → (N, num_steps, C).
+        """
+        n = logits.shape[0]
+        bos = torch.full((n, 1), self.tokenizer.bos_id, dtype=torch.long, device=logits.device)
+        tgt = torch.cat([bos, logits[:, :-1].argmax(-1)], dim=1)
+        padding = (tgt == self.tokenizer.eos_id).int().cumsum(-1) > 0
+        mask = cloze_mask(num_steps, logits.device)
+        length = tgt.shape[1]
+        return decoder(
+            tgt,
+            memory,
+            query=decoder.pos_queries[:, :num_steps],
+            query_mask=mask[:, :length],
+            content_mask=mask[:length, :length],
+            padding_mask=padding,
+        )
+
+    def decode(
+        self,
+        images: Tensor,
+        mode: str | None = None,
+        refine_iters: int | None = None,
+        visual_only: bool | None = None,
+        max_length: int | None = None,
+        trace: DecodeTrace | None = None,
+    ) -> Tensor:
+        """Dual predict-and-refine decoding → logits (N, k, C).
+
+        Args:
+            images: (N, 3, H, W) normalised images.
+            mode: 'ar' or 'nar' (default from ``config.decoding``).
+            refine_iters: cloze refinement iterations (default from config).
+            visual_only: return the visual branch's logits and skip the cross-modal branch.
+            max_length: decode exactly ``min(max_length, max_label_length) + 1`` positions without early
+                stopping (the validation path); None stops once every row has emitted EOS.
+            trace: filled with intermediate logits and captions when given.
+        """
+        cfg = self.config.decoding
+        mode = cfg.mode if mode is None else mode
+        refine_iters = cfg.refine_iters if refine_iters is None else refine_iters
+        visual_only = cfg.visual_only if visual_only is None else visual_only
+        if mode not in ("ar", "nar"):
+            raise ValueError(f"mode must be 'ar' or 'nar', got {mode!r}")
+        if refine_iters < 0:
+            raise ValueError(f"refine_iters must be >= 0, got {refine_iters}")
+        stop_early = max_length is None
+        length = (
+            self.config.max_label_length
+            if max_length is None
+            else min(max_length, self.config.max_label_length)
+        )
+        num_steps = length + 1
+
+        memory = self.encode(images)
+        if mode == "ar":
+            vis_logits = self._autoregressive(self.visual_decoder, memory, num_steps, stop_early)
+        else:
+            vis_logits = self._non_autoregressive(self.visual_decoder, memory, num_steps)
+        if trace is not None:
+            trace.visual_initial = vis_logits
+        if visual_only:
+            for _ in range(refine_iters):
+                vis_logits = self._refine(self.visual_decoder, memory, vis_logits, num_steps)
+                if trace is not None:
+                    trace.refine_visual.append(vis_logits)
+            return vis_logits
+
+        captions = self.captions_from_logits(vis_logits)
+        cross_mem = self.cross_memory(memory, vis_logits, captions)
+        if mode == "ar":
+            cross_logits = self._autoregressive(self.cross_decoder, cross_mem, num_steps, stop_early)
+        else:
+            cross_logits = self._non_autoregressive(self.cross_decoder, cross_mem, num_steps)
+        if trace is not None:
+            trace.cross_initial = cross_logits
+            trace.captions.append(captions)
+        for _ in range(refine_iters):
+            vis_logits = self._refine(self.visual_decoder, memory, vis_logits, num_steps)
+            captions = self.captions_from_logits(vis_logits)
+            cross_mem = self.cross_memory(memory, vis_logits, captions)
+            cross_logits = self._refine(self.cross_decoder, cross_mem, cross_logits, num_steps)
+            if trace is not None:
+                trace.refine_visual.append(vis_logits)
+                trace.refine_cross.append(cross_logits)
+                trace.captions.append(captions)
+        return cross_logits
+
+    def forward(self, images: Tensor, max_length: int | None = None) -> Tensor:
+        """Final logits (N, k, C) with the config's decoding; the quantity the official ``forward`` returns."""
+        return self.decode(images, max_length=max_length)
+
+    # ------------------------------------------------------------------------------------------ training
+    def training_loss(
+        self, images: Tensor, labels: list[str], perms: Tensor | None = None, details: dict | None = None
+    ) -> Tensor:
+        """Permuted sequence modelling loss of both branches (scalar).
+
+        Args:
+            images: (N, 3, H, W) normalised images.
+            labels: N strings over ``charset_train``.
+            perms: (K, L + 2) permutations to use instead of drawing them (L = longest label).
+            details: filled with per-permutation logits, masks and losses when given.
+        """
+        tok = self.tokenizer
+        tgt = tok.encode(labels, device=images.device)
+        memory = self.encode(images)
+        if perms is None:
+            perms = generate_permutations(
+                tgt.shape[1] - 2,
+                self.config.perm_num,
+                self.config.perm_forward,
+                self.config.perm_mirrored,
+                rng=self.perm_rng,
+            )
+        perms = perms.to(images.device)
+        if perms.shape[1] != tgt.shape[1]:
+            raise ValueError(
+                f"perms have {perms.shape[1]} columns, expected longest label + 2 = {tgt.shape[1]}"
+            )
+        tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
+        padding = (tgt_in == tok.pad_id) | (tgt_in == tok.eos_id)
+        vis_kv = self.visual_decoder.memory_kv(memory)
+        total = memory.new_zeros(())
+        numel = 0
+        n = int((tgt_out != tok.pad_id).sum())
+        for i, perm in enumerate(perms):
+            content_mask, query_mask = attention_masks(perm)
+            vis_logits = self.visual_decoder(
+                tgt_in, vis_kv, query_mask=query_mask, content_mask=content_mask, padding_mask=padding
+            )
+            captions = self.captions_from_logits(vis_logits)
+            cross_mem = self.cross_memory(memory, vis_logits, captions)
+            cross_logits = self.cross_decoder(
+                tgt_in, cross_mem, query_mask=query_mask, content_mask=content_mask, padding_mask=padding
+            )
+            if n > 0:
+                ce_vis = F.cross_entropy(vis_logits.flatten(0, 1), tgt_out.flatten(), ignore_index=tok.pad_id)
+                ce_cross = F.cross_entropy(
+                    cross_logits.flatten(0, 1), tgt_out.flatten(), ignore_index=tok.pad_id
+                )
+                total = total + n * (ce_vis + self.config.cross_loss_weight * ce_cross)
+                numel += n
+            if details is not None:
+                details.setdefault("per_perm", []).append(
+                    {
+                        "perm": perm,
+                        "content_mask": content_mask,
+                        "query_mask": query_mask,
+                        "visual_logits": vis_logits,
+                        "cross_logits": cross_logits,
+                        "captions": captions,
+                        "tgt_out_used": tgt_out.clone(),
+                        "n": n,
+                    }
+                )
+            if i == 1:
+                # After the forward and reverse orderings, [E] is no longer a target.
+                tgt_out = torch.where(tgt_out == tok.eos_id, tok.pad_id, tgt_out)
+                n = int((tgt_out != tok.pad_id).sum())
+        if details is not None:
+            details.update(tgt=tgt, perms=perms, memory=memory, numel=numel)
+        return total / max(numel, 1)
+
+    def validation_logits_loss(self, images: Tensor, labels: list[str]) -> tuple[Tensor, Tensor, int]:
+        """Validation: decode exactly ``longest label + 1`` positions → (logits, mean CE, token count)."""
+        tok = self.tokenizer
+        targets = tok.encode(labels, device=images.device)[:, 1:]
+        logits = self.decode(images, max_length=targets.shape[1] - 1)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=tok.pad_id)
+        return logits, loss, int((targets != tok.pad_id).sum())
