@@ -1,0 +1,353 @@
+"""CLIP's byte-level BPE tokenizer (``clip.tokenize``), written for clip4str.
+
+Text is cleaned (``ftfy.fix_text``, ``html.unescape`` twice, whitespace collapsed, stripped, lowercased),
+split with CLIP's regex (every digit is its own token), mapped byte by byte onto printable unicode, and merged
+with the first 48,894 BPE merges of OpenAI's vocabulary. ``<|startoftext|>`` is 49406, ``<|endoftext|>``
+49407; :func:`clip_tokenize` returns int32 ids, zero-padded.
+
+Where the vocabulary comes from, first match wins:
+
+1. the ``bpe_path`` argument;
+2. the environment variable ``CLIP4STR_BPE_PATH``;
+3. ``$XDG_CACHE_HOME/clip4str/bpe_simple_vocab_16e6.txt.gz`` (default ``~/.cache/clip4str/``);
+4. the copy shipped inside an installed ``clip`` or ``open_clip`` package (found without importing them);
+5. ``merges.txt`` of ``openai/clip-vit-base-patch16`` already in the Hugging Face cache;
+6. that ``merges.txt`` downloaded once into the Hugging Face cache (skipped when ``HF_HUB_OFFLINE=1``).
+
+Both file formats hold the same merges: OpenAI's ``bpe_simple_vocab_16e6.txt.gz`` (gzip or plain text) and
+the Hugging Face ``merges.txt`` (a ``vocab.json`` next to it, when present, is checked for consistency). The
+format is told from the content, not the file name.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import importlib.util
+import json
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import ftfy
+import regex
+import torch
+
+__all__ = [
+    "ClipTokenizer",
+    "clip_tokenize",
+    "find_bpe_vocab",
+    "get_tokenizer",
+    "bytes_to_unicode",
+    "SOT_ID",
+    "EOT_ID",
+    "VOCAB_SIZE",
+    "NUM_MERGES",
+    "HF_REPO_ID",
+    "BPE_FILENAME",
+]
+
+BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
+HF_REPO_ID = "openai/clip-vit-base-patch16"
+HF_MERGES_FILENAME = "merges.txt"
+NUM_MERGES = 49152 - 256 - 2  # 48,894: what CLIP reads after the header line
+SOT_ID = 49406
+EOT_ID = 49407
+VOCAB_SIZE = 49408
+SOT = "<|startoftext|>"
+EOT = "<|endoftext|>"
+
+_PATTERN = regex.compile(
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+    regex.IGNORECASE,
+)
+_WHITESPACE = regex.compile(r"\s+")
+_MAX_CACHED_TEXTS = 200_000
+
+
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """Reversible map of the 256 byte values onto printable unicode characters.
+
+    Printable Latin-1 bytes (``!``..``~``, ``¡``..``¬``, ``®``..``ÿ``) map to themselves; the others, in
+    increasing order, to ``chr(256 + n)``. The dict's order (printable bytes first, then the others) is the
+    order of CLIP's first 256 vocabulary entries.
+    """
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table: dict[int, str] = {b: chr(b) for b in keep}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def clean_text(text: str) -> str:
+    """CLIP's normalisation: ftfy, html-unescape twice, collapse whitespace, strip, lowercase."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return _WHITESPACE.sub(" ", text).strip().lower()
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding and reading the vocabulary.
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "clip4str"
+
+
+def _package_copies() -> list[Path]:
+    found = []
+    for name in ("clip", "open_clip"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            found.append(Path(location) / BPE_FILENAME)
+    return found
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
+
+
+def find_bpe_vocab(bpe_path: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
+    """Path to CLIP's BPE vocabulary, searched in the order of the module docstring.
+
+    Raises ``FileNotFoundError`` listing every place looked at (and how to provide the file) when none has it.
+    """
+    if bpe_path is not None:
+        path = Path(bpe_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"CLIP BPE vocabulary {str(path)!r} (the bpe_path argument) does not exist"
+            )
+        return path
+    env = os.environ.get("CLIP4STR_BPE_PATH")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"CLIP4STR_BPE_PATH={env!r} does not name an existing file; point it at {BPE_FILENAME} "
+                "or a Hugging Face CLIP merges.txt, or unset it"
+            )
+        return path
+
+    looked: list[str] = ["bpe_path argument: not given", "environment variable CLIP4STR_BPE_PATH: not set"]
+    for candidate in [_cache_dir() / BPE_FILENAME, *_package_copies()]:
+        if candidate.is_file():
+            return candidate
+        looked.append(str(candidate))
+
+    hf_reason = ""
+    try:
+        import huggingface_hub
+
+        cached = huggingface_hub.try_to_load_from_cache(HF_REPO_ID, HF_MERGES_FILENAME)
+        if isinstance(cached, str) and os.path.isfile(cached):
+            return Path(cached)
+        looked.append(f"Hugging Face cache: {HF_REPO_ID}/{HF_MERGES_FILENAME}")
+        if not download:
+            hf_reason = "download disabled"
+        elif _offline():
+            hf_reason = "HF_HUB_OFFLINE is set"
+        else:
+            return Path(huggingface_hub.hf_hub_download(HF_REPO_ID, HF_MERGES_FILENAME))
+    except Exception as err:  # no network, hub error, ...
+        hf_reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+    looked.append(f"download of {HF_REPO_ID}/{HF_MERGES_FILENAME} from huggingface.co: {hf_reason}")
+    raise FileNotFoundError(
+        "CLIP's BPE vocabulary was not found. Looked at:\n  - "
+        + "\n  - ".join(looked)
+        + f"\nProvide it in one of these ways: pass bpe_path=...; set CLIP4STR_BPE_PATH to a copy of "
+        f"{BPE_FILENAME} (shipped with OpenAI's CLIP and with open_clip) or of a Hugging Face CLIP merges.txt; "
+        f"copy it to {_cache_dir() / BPE_FILENAME}; or run once with network access so that "
+        f"{HF_REPO_ID}/{HF_MERGES_FILENAME} is downloaded into the Hugging Face cache."
+    )
+
+
+def _read_merges(path: Path) -> list[tuple[str, str]]:
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as err:
+            raise ValueError(f"CLIP BPE vocabulary {str(path)!r} is a damaged gzip file: {err}") from err
+    try:
+        lines = raw.decode("utf-8").split("\n")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{str(path)!r} is not a CLIP BPE vocabulary (not UTF-8 text or gzip): {err}; expected "
+            f"{BPE_FILENAME} or a Hugging Face CLIP merges.txt"
+        ) from err
+    if "#version" not in lines[0]:
+        raise ValueError(
+            f"{str(path)!r} is not a CLIP BPE vocabulary: the first line should be a '#version' header, got "
+            f"{lines[0][:60]!r}"
+        )
+    body = lines[1 : NUM_MERGES + 1]
+    merges = []
+    for number, line in enumerate(body, start=2):
+        parts = line.split(" ")
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"{str(path)!r} line {number}: expected a BPE merge 'a b', got {line[:60]!r}")
+        merges.append((parts[0], parts[1]))
+    if len(merges) != NUM_MERGES:
+        raise ValueError(
+            f"{str(path)!r} holds {len(merges)} BPE merges; CLIP needs {NUM_MERGES} (truncated file?)"
+        )
+    return merges
+
+
+class ClipTokenizer:
+    """CLIP's BPE tokenizer. ``encode`` gives the raw ids (no SOT/EOT); ``__call__`` the padded int32 batch.
+
+    Results are cached per unique text (captions repeat a lot); the cache is bounded and thread-safe.
+    """
+
+    sot_id = SOT_ID
+    eot_id = EOT_ID
+
+    def __init__(self, bpe_path: str | os.PathLike[str] | None = None, download: bool = True) -> None:
+        self.path = find_bpe_vocab(bpe_path, download=download)
+        merges = _read_merges(self.path)
+        self.byte_encoder = bytes_to_unicode()
+        self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
+        symbols = list(self.byte_encoder.values())
+        vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [SOT, EOT]
+        self.encoder: dict[str, int] = {token: i for i, token in enumerate(vocab)}
+        self.decoder: dict[int, str] = dict(enumerate(vocab))
+        if len(self.encoder) != VOCAB_SIZE:
+            raise ValueError(
+                f"{str(self.path)!r} gives {len(self.encoder)} distinct tokens, expected {VOCAB_SIZE}"
+            )
+        self.bpe_ranks: dict[tuple[str, str], int] = {pair: i for i, pair in enumerate(merges)}
+        self._check_hf_vocab()
+        self._word_cache: dict[str, tuple[str, ...]] = {SOT: (SOT,), EOT: (EOT,)}
+        self._text_cache: dict[str, tuple[int, ...]] = {}
+        self._lock = threading.Lock()
+
+    def _check_hf_vocab(self) -> None:
+        vocab_json = self.path.parent / "vocab.json"
+        if self.path.name != HF_MERGES_FILENAME or not vocab_json.is_file():
+            return
+        try:
+            hf_vocab = json.loads(vocab_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # not ours to judge; the merges alone define the ids
+        if hf_vocab != self.encoder:
+            raise ValueError(
+                f"{str(vocab_json)!r} does not match the ids implied by {str(self.path)!r}; "
+                "the files come from different tokenizers"
+            )
+
+    def __repr__(self) -> str:
+        return f"ClipTokenizer(path={str(self.path)!r})"
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.encoder)
+
+    def bpe(self, token: str) -> tuple[str, ...]:
+        """BPE symbols of one pre-token (already byte-mapped); the last carries the ``</w>`` suffix."""
+        cached = self._word_cache.get(token)
+        if cached is not None:
+            return cached
+        word = [*token[:-1], token[-1] + "</w>"]
+        ranks = self.bpe_ranks
+        while len(word) > 1:
+            best = min(zip(word, word[1:]), key=lambda pair: ranks.get(pair, NUM_MERGES))
+            if best not in ranks:
+                break
+            merged: list[str] = []
+            i = 0
+            while i < len(word):
+                if i + 1 < len(word) and word[i] == best[0] and word[i + 1] == best[1]:
+                    merged.append(word[i] + word[i + 1])
+                    i += 2
+                else:
+                    merged.append(word[i])
+                    i += 1
+            word = merged
+        result = tuple(word)
+        self._word_cache[token] = result
+        return result
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without SOT/EOT (OpenAI's ``SimpleTokenizer.encode``)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}: {text!r}")
+        cached = self._text_cache.get(text)
+        if cached is None:
+            ids: list[int] = []
+            for piece in _PATTERN.findall(clean_text(text)):
+                mapped = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
+                ids.extend(self.encoder[symbol] for symbol in self.bpe(mapped))
+            cached = tuple(ids)
+            with self._lock:
+                if len(self._text_cache) >= _MAX_CACHED_TEXTS:
+                    self._text_cache.clear()
+                self._text_cache[text] = cached
+        return list(cached)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of token ids (OpenAI's ``SimpleTokenizer.decode``: ``</w>`` becomes a space)."""
+        symbols = []
+        for i in ids:
+            i = int(i)
+            if i not in self.decoder:
+                raise ValueError(f"token id {i} is outside CLIP's vocabulary (0..{VOCAB_SIZE - 1})")
+            symbols.append(self.decoder[i])
+        data = bytearray(self.byte_decoder[c] for c in "".join(symbols))
+        return data.decode("utf-8", errors="replace").replace("</w>", " ")
+
+    def __call__(
+        self, texts: str | Sequence[str], context_length: int = 77, truncate: bool = True
+    ) -> torch.Tensor:
+        """texts → int32 ids (N, context_length): ``[SOT] + encode(text) + [EOT]``, zero-padded.
+
+        Too long: with ``truncate`` keep the first ``context_length`` ids and make the last one EOT; without,
+        raise ``ValueError`` naming the text.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        if context_length < 2:
+            raise ValueError(f"context_length must be >= 2 (room for SOT and EOT), got {context_length}")
+        result = torch.zeros(len(texts), context_length, dtype=torch.int32)
+        for row, text in enumerate(texts):
+            ids = [SOT_ID, *self.encode(text), EOT_ID]
+            if len(ids) > context_length:
+                if not truncate:
+                    raise ValueError(
+                        f"text {text!r} is {len(ids)} tokens long with SOT/EOT, more than context_length="
+                        f"{context_length}; shorten it or pass truncate=True"
+                    )
+                ids = ids[:context_length]
+                ids[-1] = EOT_ID
+            result[row, : len(ids)] = torch.tensor(ids, dtype=torch.int32)
+        return result
+
+
+_DEFAULT: ClipTokenizer | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def get_tokenizer() -> ClipTokenizer:
+    """The process-wide tokenizer with the default vocabulary search (built on first use)."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = ClipTokenizer()
+        return _DEFAULT
+
+
+def clip_tokenize(
+    texts: str | Sequence[str], context_length: int = 77, truncate: bool = True
+) -> torch.Tensor:
+    """OpenAI's ``clip.tokenize``: texts → int32 ids (N, context_length), see :meth:`ClipTokenizer.__call__`."""
+    return get_tokenizer()(texts, context_length=context_length, truncate=truncate)
