@@ -1,0 +1,219 @@
+"""Architecture presets: :class:`~clip4str.config.ModelConfig` factories for the official CLIP4STR sizes.
+
+Sizes are those the official code builds (``strhub.clip.model.build_model`` on the released CLIP weights):
+OpenAI-layout towers with QuickGELU and ``width // 64`` attention heads (so ViT-H/14 has 20 vision heads,
+not OpenCLIP's 16), a 77-row text positional table of which 16 positions are used, and two one-layer
+decoders of width ``embed_dim`` with 8 heads. OpenCLIP/DataComp/LAION/DFN backbones of a size share the
+OpenAI shapes, so ``vit-b16`` also describes the DataComp-1B B/16 release.
+
+>>> cfg = model_preset("vit-l14")
+>>> cfg.clip.vision.width, cfg.clip.embed_dim, cfg.decoder.num_heads
+(1024, 768, 8)
+>>> model_preset("tiny", decoder={"num_heads": 4}).decoder.num_heads
+4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from collections.abc import Callable
+from typing import Any
+
+from clip4str.config import (
+    CLIPConfig,
+    ConfigError,
+    DecoderConfig,
+    ModelConfig,
+    TextConfig,
+    VisionConfig,
+    from_dict,
+    to_dict,
+)
+
+__all__ = ["MODEL_PRESETS", "PRESET_ALIASES", "model_preset", "preset_names"]
+
+
+def _official(
+    *,
+    name: str,
+    vision_width: int,
+    vision_layers: int,
+    patch_size: int,
+    embed_dim: int,
+    text_width: int,
+    text_layers: int,
+) -> ModelConfig:
+    """An official-size config: heads are ``width // 64`` in both towers, 8 decoder heads, depth 1."""
+    return ModelConfig(
+        clip=CLIPConfig(
+            embed_dim=embed_dim,
+            vision=VisionConfig(
+                width=vision_width,
+                layers=vision_layers,
+                heads=vision_width // 64,
+                patch_size=patch_size,
+                image_size=224,
+            ),
+            text=TextConfig(width=text_width, layers=text_layers, heads=text_width // 64),
+            activation="quick_gelu",
+        ),
+        decoder=DecoderConfig(depth=1, num_heads=8, mlp_ratio=4, dropout=0.1),
+        name=name,
+    )
+
+
+def _vit_b16() -> ModelConfig:
+    return _official(
+        name="vit-b16",
+        vision_width=768,
+        vision_layers=12,
+        patch_size=16,
+        embed_dim=512,
+        text_width=512,
+        text_layers=12,
+    )
+
+
+def _vit_b32() -> ModelConfig:
+    return _official(
+        name="vit-b32",
+        vision_width=768,
+        vision_layers=12,
+        patch_size=32,
+        embed_dim=512,
+        text_width=512,
+        text_layers=12,
+    )
+
+
+def _vit_l14() -> ModelConfig:
+    return _official(
+        name="vit-l14",
+        vision_width=1024,
+        vision_layers=24,
+        patch_size=14,
+        embed_dim=768,
+        text_width=768,
+        text_layers=12,
+    )
+
+
+def _vit_h14() -> ModelConfig:
+    return _official(
+        name="vit-h14",
+        vision_width=1280,
+        vision_layers=32,
+        patch_size=14,
+        embed_dim=1024,
+        text_width=1024,
+        text_layers=24,
+    )
+
+
+def _tiny() -> ModelConfig:
+    """A test size that builds in milliseconds: 50 image tokens (7x7 patches of 32 px + CLS), width 32.
+
+    No text layer is frozen, so a short training run moves every parameter.
+    """
+    return ModelConfig(
+        clip=CLIPConfig(
+            embed_dim=32,
+            vision=VisionConfig(width=64, layers=2, heads=1, patch_size=32, image_size=224),
+            text=TextConfig(width=32, layers=1, heads=1),
+            activation="quick_gelu",
+        ),
+        decoder=DecoderConfig(depth=1, num_heads=2, mlp_ratio=4, dropout=0.1),
+        text_freeze_layers=0,
+        name="tiny",
+    )
+
+
+def _tiny_golden() -> ModelConfig:
+    """The size of ``../shared/golden/clip4str_tiny.ckpt`` (vision 128x2, 2 heads; text 64x2, 1 head)."""
+    return ModelConfig(
+        clip=CLIPConfig(
+            embed_dim=32,
+            vision=VisionConfig(width=128, layers=2, heads=2, patch_size=16, image_size=224),
+            text=TextConfig(width=64, layers=2, heads=1),
+            activation="quick_gelu",
+        ),
+        decoder=DecoderConfig(depth=1, num_heads=4, mlp_ratio=4, dropout=0.1),
+        name="tiny-golden",
+    )
+
+
+MODEL_PRESETS: dict[str, Callable[[], ModelConfig]] = {
+    "vit-b16": _vit_b16,
+    "vit-b32": _vit_b32,
+    "vit-l14": _vit_l14,
+    "vit-h14": _vit_h14,
+    "tiny": _tiny,
+    "tiny-golden": _tiny_golden,
+}
+
+# Other spellings users meet: the official experiment names and the CLIP model names.
+PRESET_ALIASES: dict[str, str] = {
+    "vl4str": "vit-b16",
+    "vl4str-base": "vit-b16",
+    "vl4str-base32": "vit-b32",
+    "vl4str-large": "vit-l14",
+    "vl4str-huge": "vit-h14",
+    "base": "vit-b16",
+    "large": "vit-l14",
+    "huge": "vit-h14",
+}
+
+
+def _key(name: str) -> str:
+    # 'ViT-B/16', 'vit_b16', 'VIT-B-16' all become 'vitb16'.
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+_LOOKUP: dict[str, str] = {_key(n): n for n in MODEL_PRESETS}
+_LOOKUP.update({_key(a): n for a, n in PRESET_ALIASES.items()})
+
+
+def preset_names() -> list[str]:
+    """The canonical preset names, in size order."""
+    return list(MODEL_PRESETS)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], where: str) -> None:
+    for key, value in update.items():
+        here = f"{where}.{key}" if where else key
+        if key not in base:
+            raise ConfigError(f"unknown config key {here!r}; valid keys here: {', '.join(sorted(base))}")
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = to_dict(value)
+        if isinstance(base[key], dict) and isinstance(value, dict):
+            _merge(base[key], value, here)
+        else:
+            base[key] = value
+
+
+def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    """The :class:`ModelConfig` of preset ``name`` with ``overrides`` applied.
+
+    ``name`` is one of :data:`MODEL_PRESETS` (case, ``/``, ``_`` and ``-`` are ignored, so ``'ViT-B/16'``
+    works) or an alias such as the official experiment name ``'vl4str-large'``. ``overrides`` are
+    top-level :class:`ModelConfig` fields; a section (``clip``, ``decoder``, ``preprocess``, ``decoding``)
+    takes a dataclass or a partial dict that is merged, e.g. ``decoder={'num_heads': 4}`` or
+    ``clip={'vision': {'image_size': 336}}``. Unknown presets and keys raise :class:`ConfigError`.
+    """
+    canonical = _LOOKUP.get(_key(str(name)))
+    if canonical is None:
+        valid = list(MODEL_PRESETS) + list(PRESET_ALIASES)
+        close = difflib.get_close_matches(str(name).lower(), valid, n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(
+            f"unknown model preset {name!r}.{hint} Valid presets: {', '.join(MODEL_PRESETS)} "
+            f"(aliases: {', '.join(PRESET_ALIASES)})"
+        )
+    cfg = MODEL_PRESETS[canonical]()
+    if not overrides:
+        return cfg
+    data = to_dict(cfg)
+    _merge(data, overrides, "")
+    return from_dict(ModelConfig, data)
