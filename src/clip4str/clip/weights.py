@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -121,7 +122,9 @@ def read_tensor_file(path: str | os.PathLike[str]) -> Any:
         )
     if fmt == "torchscript":
         try:
-            module = torch.jit.load(str(p), map_location="cpu")
+            with warnings.catch_warnings():  # deprecated in recent torch, but OpenAI's files need it
+                warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=DeprecationWarning)
+                module = torch.jit.load(str(p), map_location="cpu")
         except Exception as err:
             raise CheckpointError(
                 f"cannot read TorchScript archive {str(p)!r}: {err}".strip()[:2000]
