@@ -1,0 +1,241 @@
+"""The user-facing recognizer: images in, text out.
+
+>>> import clip4str
+>>> reader = clip4str.load("clip4str-base")            # or a path to a .ckpt / .pt / model folder
+>>> reader.read("word.png")[0].text
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from clip4str.data.transforms import ImageSource, load_image, preprocess
+from clip4str.model.clip4str import CLIP4STR
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Prediction:
+    """One image's reading: ``text``, ``confidence`` (product of ``char_probs``), and the per-position
+    probabilities of the read characters followed by that of the end-of-sequence token."""
+
+    text: str
+    confidence: float
+    char_probs: list[float] = field(default_factory=list)
+
+
+class Recognizer:
+    """A loaded CLIP4STR model with its preprocessing and decoding options.
+
+    Args:
+        model: the network (its config carries the preprocessing).
+        device: where to run ('cpu', 'cuda', 'cuda:1', ...).
+        mode: 'ar' or 'nar' decoding (default: the model config's).
+        refine_iters: cloze refinement iterations (default: the model config's).
+        visual_only: read with the visual branch alone.
+        charset_test: restrict predictions fed to the text encoder to these characters (changes logits, as
+            in the official evaluation); None keeps the checkpoint's.
+        batch_size: images per forward pass in :meth:`read`.
+        precision: 'fp32', 'bf16' or 'fp16' (autocast; fp16 only on CUDA).
+    """
+
+    def __init__(
+        self,
+        model: CLIP4STR,
+        device: str | torch.device = "cpu",
+        mode: str | None = None,
+        refine_iters: int | None = None,
+        visual_only: bool | None = None,
+        charset_test: str | None = None,
+        batch_size: int = 32,
+        precision: str = "fp32",
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.device = torch.device(device)
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' on CPU")
+        self.model = model.to(self.device).eval()
+        if charset_test is not None:
+            self.model.set_charset_test(charset_test)
+        dec = self.model.config.decoding
+        self.mode = dec.mode if mode is None else mode
+        self.refine_iters = dec.refine_iters if refine_iters is None else refine_iters
+        self.visual_only = dec.visual_only if visual_only is None else visual_only
+        if self.mode not in ("ar", "nar"):
+            raise ValueError(f"mode must be 'ar' or 'nar', got {self.mode!r}")
+        if self.refine_iters < 0:
+            raise ValueError(f"refine_iters must be >= 0, got {self.refine_iters}")
+        self.batch_size = batch_size
+        self.precision = precision
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def preprocess(self, images: ImageSource | Sequence[ImageSource]) -> Tensor:
+        """Paths, PIL images, bytes or arrays → (N, 3, H, W) float32, as the model expects them."""
+        return preprocess([load_image(im) for im in _as_list(images)], self.config.preprocess)
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    @torch.inference_mode()
+    def logits(self, pixels: Tensor) -> Tensor:
+        """(N, 3, H, W) preprocessed images → final logits (N, L, C) (float32), the official ``forward``."""
+        with self._autocast():
+            out = self.model.decode(
+                pixels.to(self.device),
+                mode=self.mode,
+                refine_iters=self.refine_iters,
+                visual_only=self.visual_only,
+            )
+        return out.float()
+
+    def predictions_from_logits(self, logits: Tensor) -> list[Prediction]:
+        """Final logits (N, L, C) → one :class:`Prediction` per row (greedy, cut at the first EOS)."""
+        texts, probs = self.model.tokenizer.decode(logits.float().softmax(-1))
+        return [
+            Prediction(text=t, confidence=float(p.prod()), char_probs=[float(v) for v in p])
+            for t, p in zip(texts, probs)
+        ]
+
+    def read(
+        self, images: ImageSource | Sequence[ImageSource], batch_size: int | None = None
+    ) -> list[Prediction]:
+        """Read the text of one image or a sequence of images (paths, PIL images, bytes or arrays).
+
+        Raises :class:`~clip4str.errors.ImageReadError` for an unreadable file; use :meth:`read_files` to
+        skip and report bad files instead.
+        """
+        items = _as_list(images)
+        size = batch_size or self.batch_size
+        out: list[Prediction] = []
+        for start in range(0, len(items), size):
+            out.extend(
+                self.predictions_from_logits(self.logits(self.preprocess(items[start : start + size])))
+            )
+        return out
+
+    def read_files(
+        self,
+        paths: Iterable[str | Path],
+        batch_size: int | None = None,
+        workers: int = 4,
+    ) -> Iterator[tuple[str, Prediction | Exception]]:
+        """Read many files, yielding ``(path, prediction)`` in order, or ``(path, error)`` for a file that
+        cannot be read. Image decoding and preprocessing run in ``workers`` threads, overlapping the model.
+        """
+        size = batch_size or self.batch_size
+        cfg = self.config.preprocess
+
+        def prepare(path: str) -> Tensor | Exception:
+            try:
+                return preprocess([load_image(path)], cfg)[0]
+            except Exception as err:  # noqa: BLE001 - reported to the caller with its path
+                return err
+
+        paths = [str(p) for p in paths]
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            # Keep about two batches of decoding in flight ahead of the model.
+            prepared = _bounded_map(pool, prepare, paths, window=2 * size)
+            batch: list[tuple[str, Tensor]] = []
+            for path, item in zip(paths, prepared):
+                if isinstance(item, Exception):
+                    yield from self._flush(batch)
+                    batch = []
+                    yield path, item
+                    continue
+                batch.append((path, item))
+                if len(batch) == size:
+                    yield from self._flush(batch)
+                    batch = []
+            yield from self._flush(batch)
+
+    def _flush(self, batch: list[tuple[str, Tensor]]) -> Iterator[tuple[str, Prediction]]:
+        if not batch:
+            return
+        preds = self.predictions_from_logits(self.logits(torch.stack([t for _, t in batch])))
+        yield from zip([p for p, _ in batch], preds)
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn, items: Iterable[Any], window: int) -> Iterator[Any]:
+    """``pool.map`` in order, with at most ``window`` items submitted ahead of the consumer."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _as_list(images: Any) -> list[Any]:
+    if isinstance(images, (str, Path, bytes, bytearray, memoryview)) or not isinstance(images, Sequence):
+        if hasattr(images, "ndim") and getattr(images, "ndim", 0) == 4:  # a batch array
+            return list(images)
+        return [images]
+    return list(images)
+
+
+def load(
+    name_or_path: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    mode: str | None = None,
+    refine_iters: int | None = None,
+    visual_only: bool | None = None,
+    charset_test: str | None = None,
+    batch_size: int = 32,
+    precision: str = "fp32",
+    overrides: list[str] | dict[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
+    offline: bool | None = None,
+) -> Recognizer:
+    """Load a released model by name (downloaded once) or any checkpoint file/folder, ready to read.
+
+    Args:
+        name_or_path: a release name (``clip4str-base``, ``clip4str-large``, ``clip4str-huge``, ... see
+            ``clip4str models``), an official ``.ckpt``/``.pt`` file, or a clip4str model folder/safetensors.
+            Default: the best released B/16.
+        device, mode, refine_iters, visual_only, charset_test, batch_size, precision: see :class:`Recognizer`.
+        overrides: config changes applied before building (e.g. ``{'decoder.num_heads': 4}``).
+        cache_dir, offline: download cache and offline mode (default: the Hugging Face cache and
+            ``HF_HUB_OFFLINE``).
+    """
+    from clip4str.checkpoints import load_model
+    from clip4str.hub import DEFAULT_MODEL, get_release, resolve_model
+
+    name_or_path = name_or_path or DEFAULT_MODEL
+    path = resolve_model(name_or_path, cache_dir=cache_dir, offline=offline)
+    release = None if Path(name_or_path).exists() else get_release(str(name_or_path))
+    if release is not None and release.config_overrides:
+        if overrides is None or isinstance(overrides, dict):
+            overrides = {**release.config_overrides, **(overrides or {})}
+        else:
+            overrides = [f"{k}={v!r}" for k, v in release.config_overrides.items()] + list(overrides)
+    model = load_model(path, overrides=overrides)
+    return Recognizer(
+        model,
+        device=device,
+        mode=mode,
+        refine_iters=refine_iters,
+        visual_only=visual_only,
+        charset_test=charset_test,
+        batch_size=batch_size,
+        precision=precision,
+    )

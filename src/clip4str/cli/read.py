@@ -1,0 +1,125 @@
+"""``clip4str read``: print the text of word images."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model and decoding options shared by ``read``, ``eval`` and ``bench``."""
+    parser.add_argument(
+        "--model", default=None, help="release name or checkpoint path (default: clip4str-base)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    parser.add_argument(
+        "--decode", choices=["ar", "nar"], default=None, help="autoregressive or not (default: ar)"
+    )
+    parser.add_argument(
+        "--refine-iters", type=int, default=None, help="cloze refinement iterations (default: 1)"
+    )
+    parser.add_argument("--visual-only", action="store_true", help="use the visual branch alone")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model config override, e.g. decoder.num_heads=4 (repeatable)",
+    )
+
+
+def load_recognizer(args: argparse.Namespace):
+    """Build the recognizer the decoding arguments describe."""
+    import clip4str
+
+    return clip4str.load(
+        args.model,
+        device=args.device,
+        mode=args.decode,
+        refine_iters=args.refine_iters,
+        visual_only=args.visual_only or None,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        overrides=args.overrides or None,
+        charset_test=getattr(args, "charset_test", None),
+    )
+
+
+def expand_paths(specs: list[str]) -> tuple[list[str], list[str]]:
+    """Files, folders (their images, recursively, sorted) and globs → (image paths, specs matching nothing)."""
+    found: list[str] = []
+    unmatched: list[str] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                unmatched.append(spec)
+            found.extend(str(p) for p in images)
+        elif path.exists():
+            found.append(spec)
+        elif any(c in spec for c in "*?["):
+            matches = sorted(m for m in glob.glob(spec, recursive=True) if Path(m).is_file())
+            if not matches:
+                unmatched.append(spec)
+            found.extend(matches)
+        else:
+            unmatched.append(spec)
+    return found, unmatched
+
+
+def run(args: argparse.Namespace) -> int:
+    paths, unmatched = expand_paths(args.paths)
+    failures = 0
+    for spec in unmatched:
+        print(f"clip4str read: {spec}: no such file, or no images in it", file=sys.stderr)
+        failures += 1
+    if not paths:
+        return 1 if failures else 0
+    recognizer = load_recognizer(args)
+    from tqdm import tqdm
+
+    show = len(paths) > args.batch_size and not args.quiet
+    with tqdm(total=len(paths), unit="img", file=sys.stderr, disable=not show or None, leave=False) as bar:
+        for path, result in recognizer.read_files(paths, workers=args.workers):
+            bar.update(1)
+            if isinstance(result, Exception):
+                failures += 1
+                bar.write(f"clip4str read: skipped {path}: {result}", file=sys.stderr)
+                continue
+            if args.json:
+                line = json.dumps(
+                    {"path": path, "text": result.text, "confidence": round(result.confidence, 6)},
+                    ensure_ascii=False,
+                )
+            else:
+                line = f"{path}\t{result.text}\t{result.confidence:.4f}"
+            bar.write(line, file=sys.stdout)
+    if failures:
+        print(f"clip4str read: {failures} input(s) could not be read", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "read",
+        help="read the text in word images",
+        description="Print path<TAB>text<TAB>confidence for each image (a file, a folder or a glob).",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder or glob")
+    add_decoding_arguments(parser)
+    parser.add_argument("--charset-test", default=None, help="restrict predictions to these characters")
+    parser.add_argument(
+        "--json", action="store_true", help="one JSON object per line: path, text, confidence"
+    )
+    parser.add_argument("--workers", type=int, default=4, help="image decoding threads (default: 4)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
