@@ -20,7 +20,8 @@ one per release file; ``docs/models.md`` describes them.
 
 dependencies = ["torch", "numpy", "PIL", "safetensors", "huggingface_hub", "ftfy", "regex", "tqdm"]
 
-import sys as _sys  # noqa: E402 - torch.hub reads `dependencies` first by convention
+import json as _json  # noqa: E402 - torch.hub reads `dependencies` first by convention
+import sys as _sys  # noqa: E402
 from pathlib import Path as _Path  # noqa: E402
 from typing import Any as _Any  # noqa: E402
 
@@ -44,7 +45,15 @@ def _model(name: str, pretrained: bool, kwargs: dict[str, _Any]) -> _Any:
 
         cache_dir = kwargs.pop("cache_dir", None)
         progress = kwargs.pop("progress", True)
-        return load_model(hub.resolve_model(name, cache_dir=cache_dir, progress=progress), **kwargs)
+        path = hub.resolve_model(name, cache_dir=cache_dir, progress=progress)
+        if release.config_overrides:  # the release's own fixes first, the caller's on top
+            user = kwargs.get("overrides")
+            if user is None or isinstance(user, dict):
+                kwargs["overrides"] = {**release.config_overrides, **(user or {})}
+            else:
+                fixed = [f"{k}={_json.dumps(v)}" for k, v in release.config_overrides.items()]
+                kwargs["overrides"] = fixed + list(user)
+        return load_model(path, **kwargs)
     from clip4str.model.clip4str import CLIP4STR
     from clip4str.presets import model_preset
 

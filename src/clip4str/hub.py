@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import inspect
 import os
@@ -464,11 +465,19 @@ def resolve_model(
 # Downloads
 
 
+@functools.cache
+def _hf_takes_tqdm_class() -> bool:
+    # huggingface_hub >= 0.2x accepts tqdm_class; older versions only have a global switch.
+    from huggingface_hub import file_download
+
+    return "tqdm_class" in inspect.signature(file_download.hf_hub_download).parameters
+
+
 def _download_hf(rel: Release, cache_dir: str | Path | None, progress: bool) -> Path:
     import huggingface_hub
 
     kwargs: dict[str, Any] = {"cache_dir": str(cache_root(cache_dir))}
-    if not progress and "tqdm_class" in inspect.signature(huggingface_hub.hf_hub_download).parameters:
+    if not progress and _hf_takes_tqdm_class():
         from tqdm.auto import tqdm
 
         class _Silent(tqdm):  # type: ignore[misc, valid-type]
