@@ -139,10 +139,13 @@ def find_bpe_vocab(bpe_path: str | os.PathLike[str] | None = None, download: boo
         return path
 
     looked: list[str] = ["bpe_path argument: not given", "environment variable CLIP4STR_BPE_PATH: not set"]
-    for candidate in [_cache_dir() / BPE_FILENAME, *_package_copies()]:
+    packaged = _package_copies()
+    for candidate in [_cache_dir() / BPE_FILENAME, *packaged]:
         if candidate.is_file():
             return candidate
         looked.append(str(candidate))
+    if not packaged:
+        looked.append("installed clip / open_clip packages: none installed")
 
     hf_reason = ""
     try:
