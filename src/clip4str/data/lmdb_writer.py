@@ -71,6 +71,12 @@ class LmdbWriter:
             self._flush()
         return self.count
 
+    def put_meta(self, key: bytes, value: bytes) -> None:
+        """Store an extra key (e.g. provenance JSON); readers of the standard layout ignore it."""
+        if key == b"num-samples" or key.startswith((b"image-", b"label-")):
+            raise ValueError(f"meta key {key!r} collides with the sample keys")
+        self._pending.append((key, value))
+
     def _flush(self, extra: list[tuple[bytes, bytes]] | None = None) -> None:
         items = self._pending + (extra or [])
         assert self._env is not None
