@@ -20,6 +20,7 @@ import os
 import pickle
 import re
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -112,13 +113,16 @@ def _plain(obj: Any) -> Any:
 
 
 def _torch_load(path: Path) -> Any:
+    # Read through a file object: torch.load would otherwise pick a reader from the file's extension.
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights_only" not in str(err) and "Unsupported" not in str(err):
             raise CheckpointError(f"{path}: not a readable PyTorch file ({err})") from err
     # Hyper-parameters pickled as Python objects (e.g. OmegaConf): read them as inert data.
-    obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
+    with open(path, "rb") as f:
+        obj = torch.load(f, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
     return _plain(obj)
 
 
@@ -134,6 +138,14 @@ def _sniff(path: Path) -> str:
     if head[:1] == b"\x80":
         return "pickle"
     return "unknown"
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
+    except zipfile.BadZipFile:
+        return False
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | None, ModelConfig | None]:
@@ -162,6 +174,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
         if config is None and sibling.is_file():
             config = _config_from_json(sibling.read_text(encoding="utf-8"), sibling)
         return sd, None, config
+    if kind == "zip" and _is_torchscript(path):
+        raise CheckpointError(
+            f"{path} is a TorchScript archive (like OpenAI's CLIP releases), not a CLIP4STR checkpoint; a bare "
+            "CLIP file can start a training run (see `clip4str train`), not be read as a recognizer"
+        )
     if kind not in ("zip", "pickle"):
         raise CheckpointError(
             f"{path} is not a checkpoint: expected a Lightning .ckpt, a PyTorch .pt state dict or a clip4str "
