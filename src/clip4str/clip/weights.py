@@ -57,7 +57,7 @@ def sniff_format(path: str | os.PathLike[str]) -> FileFormat:
     ``constants.pkl``), ``'pickle'`` (``torch.save``: zip or legacy pickle), ``'safetensors'`` or ``'unknown'``.
 
     A zip whose directory cannot be read (e.g. truncated) is reported as ``'pickle'``; reading it then fails
-    with a :class:`CheckpointError` that says so. Raises :class:`CheckpointError` if the file does not exist.
+    with a :class:`CheckpointError` that says so. A zip without ``data.pkl`` is ``'unknown'``. Raises :class:`CheckpointError` if the file does not exist.
     """
     p = _existing_file(path)
     size = p.stat().st_size
@@ -65,11 +65,13 @@ def sniff_format(path: str | os.PathLike[str]) -> FileFormat:
         head = f.read(16)
     if head.startswith(b"PK\x03\x04"):
         names = _zip_names(p)
-        for name in names or []:
+        if names is None:
+            return "pickle"
+        for name in names:
             parts = name.split("/")
             if (len(parts) > 2 and parts[1] == "code") or parts[-1] == "constants.pkl":
                 return "torchscript"
-        return "pickle"
+        return "pickle" if any(name.endswith("data.pkl") for name in names) else "unknown"
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "pickle"
     if len(head) >= 9:
@@ -84,6 +86,8 @@ def _describe_unknown(path: Path) -> str:
         head = f.read(256)
     if not head:
         return "the file is empty (0 bytes); re-download it"
+    if head.startswith(b"PK\x03\x04"):
+        return "it is a zip archive without PyTorch data (no data.pkl entry)"
     if head.startswith(b"version https://git-lfs"):
         return "it is a Git LFS pointer, not the weights; fetch the real file (git lfs pull)"
     kinds = {
@@ -144,7 +148,8 @@ def read_tensor_file(path: str | os.PathLike[str]) -> Any:
         is_zip = f.read(4) == b"PK\x03\x04"
     if is_zip and _zip_names(p) is None:
         raise CheckpointError(
-            f"{str(p)!r} is a damaged or truncated torch.save zip archive (incomplete download?); re-download it"
+            f"{str(p)!r} is a damaged or truncated zip archive (torch.save or TorchScript; incomplete "
+            "download?); re-download it"
         )
     try:
         return torch.load(str(p), map_location="cpu", weights_only=True, mmap=is_zip)
