@@ -98,6 +98,14 @@ class LabelFilter:
                 label = "".join(self._compat(c) for c in label)
         return label
 
+    def fold_case(self, label: str) -> str:
+        """Case folding as the official CharsetAdapter: lower (upper) case when the charset has one case."""
+        if self._adapter.lowercase_only:
+            return label.lower()
+        if self._adapter.uppercase_only:
+            return label.upper()
+        return label
+
     def _compat(self, c: str) -> str:
         if c in self._charset_set:
             return c
@@ -111,11 +119,7 @@ class LabelFilter:
         if len(label) > self.max_label_length:
             self.counts["too_long"] += 1
             return None
-        # Case folding exactly as the official CharsetAdapter, then the unsupported characters.
-        if self._adapter.lowercase_only:
-            label = label.lower()
-        elif self._adapter.uppercase_only:
-            label = label.upper()
+        label = self.fold_case(label)
         bad = self._unsupported_re.findall(label)
         adapted = label
         if bad:

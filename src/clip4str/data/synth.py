@@ -130,7 +130,7 @@ def _case_variants(word: str) -> tuple[str, str, str, str]:
 def read_vocabulary(path: str | Path) -> list[str]:
     """One word (or short phrase) per line, UTF-8; blank lines and surrounding spaces ignored."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():
         raise FileNotFoundError(f"vocabulary file not found: {path}")
     words = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
     return [w for w in words if w]
