@@ -20,7 +20,6 @@ import os
 import pickle
 import re
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from torch import Tensor
 
 from clip4str.charset import CHARSET_36, CHARSET_62, CHARSET_94
 from clip4str.clip.model import infer_clip_config
+from clip4str.clip.weights import sniff_format
 from clip4str.config import (
     HALF_MEAN_STD,
     ConfigError,
@@ -126,28 +126,6 @@ def _torch_load(path: Path) -> Any:
     return _plain(obj)
 
 
-def _sniff(path: Path) -> str:
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if len(head) >= 8:
-        header_len = int.from_bytes(head[:8], "little")
-        if 0 < header_len < 100_000_000 and head[8:9] == b"{":
-            return "safetensors"
-    if head[:2] == b"PK":
-        return "zip"
-    if head[:1] == b"\x80":
-        return "pickle"
-    return "unknown"
-
-
-def _is_torchscript(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
-    except zipfile.BadZipFile:
-        return False
-
-
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | None, ModelConfig | None]:
     """Read any supported file → (state dict, official hyper-parameters or None, own config or None)."""
     path = Path(path)
@@ -167,19 +145,19 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
         return sd, None, config
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty")
-    kind = _sniff(path)
+    kind = sniff_format(path)
     if kind == "safetensors":
         sd, config = _read_safetensors(path)
         sibling = path.with_name(CONFIG_NAME)
         if config is None and sibling.is_file():
             config = _config_from_json(sibling.read_text(encoding="utf-8"), sibling)
         return sd, None, config
-    if kind == "zip" and _is_torchscript(path):
+    if kind == "torchscript":
         raise CheckpointError(
             f"{path} is a TorchScript archive (like OpenAI's CLIP releases), not a CLIP4STR checkpoint; a bare "
             "CLIP file can start a training run (see `clip4str train`), not be read as a recognizer"
         )
-    if kind not in ("zip", "pickle"):
+    if kind != "pickle":
         raise CheckpointError(
             f"{path} is not a checkpoint: expected a Lightning .ckpt, a PyTorch .pt state dict or a clip4str "
             ".safetensors model"
