@@ -89,12 +89,11 @@ def test_misleading_extensions_are_ignored(golden_dir, reference, tmp_path):
     save_file({k: v.contiguous() for k, v in reference.items()}, str(st_as_pt))
     pickle_as_json = tmp_path / "config.json"
     shutil.copy(golden_dir / "tiny_clip_state_dict.pt", pickle_as_json)
-    assert [sniff_format(p) for p in (jit_as_st, st_as_pt, pickle_as_json)] == [
-        "torchscript",
-        "safetensors",
-        "pickle",
-    ]
-    for path in (jit_as_st, st_as_pt, pickle_as_json):
+    pickle_as_st = tmp_path / "model.safetensors"
+    shutil.copy(golden_dir / "tiny_clip_state_dict.pt", pickle_as_st)
+    paths = (jit_as_st, st_as_pt, pickle_as_json, pickle_as_st)
+    assert [sniff_format(p) for p in paths] == ["torchscript", "safetensors", "pickle", "pickle"]
+    for path in paths:
         assert_same_state_dict(load_clip_state_dict(path), reference)
 
 

@@ -152,6 +152,10 @@ def read_tensor_file(path: str | os.PathLike[str]) -> Any:
             "download?); re-download it"
         )
     try:
+        if p.name.endswith(".safetensors"):
+            # torch.load picks its safetensors reader from this suffix: hand it a file object instead.
+            with p.open("rb") as f:
+                return torch.load(f, map_location="cpu", weights_only=True)
         return torch.load(str(p), map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as err:
         reason = str(err).strip().splitlines()
