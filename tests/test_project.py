@@ -1,0 +1,41 @@
+"""Project-level promises: the README's set-up commands, CI entry point, import hygiene."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from conftest import PROJECT_ROOT
+
+
+def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    setup = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", setup, re.S).group(1)
+    commands = [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    assert len(commands) == 2
+    assert "torch==" in commands[0] and "torch==" in commands[1]  # never an unpinned torch
+    assert "pytest" in commands[1]
+    ci = (PROJECT_ROOT / ".ci" / "run").read_text()
+    assert "README.md" in ci and "eval" in ci
+
+
+def test_inference_imports_neither_lightning_nor_augmentation():
+    code = (
+        "import sys, clip4str, clip4str.api, clip4str.checkpoints, clip4str.cli;"
+        "clip4str.cli.build_parser();"
+        "bad = [m for m in ('lightning', 'pytorch_lightning', 'kornia', 'torchvision', 'timm', 'open_clip',"
+        " 'clip4str.train', 'clip4str.data.augment') if m in sys.modules];"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_cli_help_lists_the_commands():
+    out = subprocess.run(
+        [sys.executable, "-m", "clip4str", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for command in ("read", "models"):
+        assert command in out
