@@ -93,6 +93,9 @@ def test_cache_returns_fresh_lists(tok):
     assert tok.encode("SceneText") == first[:-1]
     with pytest.raises(TypeError, match="str"):
         tok.encode(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="list"):
+        tok(["ok", ["nested"]])  # type: ignore[list-item]
+    assert tok([], context_length=16).shape == (0, 16)
 
 
 def test_decode_rejects_unknown_ids(tok):

@@ -281,8 +281,7 @@ class ClipTokenizer:
         self._word_cache[token] = result
         return result
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` without SOT/EOT (OpenAI's ``SimpleTokenizer.encode``)."""
+    def _encode_cached(self, text: str) -> tuple[int, ...]:
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}: {text!r}")
         cached = self._text_cache.get(text)
@@ -296,7 +295,11 @@ class ClipTokenizer:
                 if len(self._text_cache) >= _MAX_CACHED_TEXTS:
                     self._text_cache.clear()
                 self._text_cache[text] = cached
-        return list(cached)
+        return cached
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without SOT/EOT (OpenAI's ``SimpleTokenizer.encode``)."""
+        return list(self._encode_cached(text))
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of token ids (OpenAI's ``SimpleTokenizer.decode``: ``</w>`` becomes a space)."""
@@ -321,19 +324,21 @@ class ClipTokenizer:
             texts = [texts]
         if context_length < 2:
             raise ValueError(f"context_length must be >= 2 (room for SOT and EOT), got {context_length}")
-        result = torch.zeros(len(texts), context_length, dtype=torch.int32)
-        for row, text in enumerate(texts):
-            ids = [SOT_ID, *self.encode(text), EOT_ID]
-            if len(ids) > context_length:
+        rows = []
+        for text in texts:
+            ids = self._encode_cached(text)
+            if len(ids) + 2 > context_length:
                 if not truncate:
                     raise ValueError(
-                        f"text {text!r} is {len(ids)} tokens long with SOT/EOT, more than context_length="
-                        f"{context_length}; shorten it or pass truncate=True"
+                        f"text {text!r} is {len(ids) + 2} tokens long with SOT/EOT, more than "
+                        f"context_length={context_length}; shorten it or pass truncate=True"
                     )
-                ids = ids[:context_length]
-                ids[-1] = EOT_ID
-            result[row, : len(ids)] = torch.tensor(ids, dtype=torch.int32)
-        return result
+                rows.append((SOT_ID, *ids[: context_length - 2], EOT_ID))
+            else:
+                rows.append((SOT_ID, *ids, EOT_ID) + (0,) * (context_length - 2 - len(ids)))
+        if not rows:
+            return torch.zeros(0, context_length, dtype=torch.int32)
+        return torch.tensor(rows, dtype=torch.int32)
 
 
 _DEFAULT: ClipTokenizer | None = None
