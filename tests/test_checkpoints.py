@@ -51,6 +51,8 @@ def test_plain_pt_state_dict_loads_with_an_override_for_heads(golden_dir, golden
     assert_same_weights(model, golden_sd)  # fp16 values are exactly representable
     default = load_model(golden_dir / "clip4str_tiny.pt")
     assert default.config.decoder.num_heads == 8
+    # As the official loader for .pt files (configs/main.yaml): captions restricted to 36 lowercase chars.
+    assert default.config.charset_test == "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def test_wrapped_state_dict_pt_loads(golden_dir, golden_sd, tmp_path):

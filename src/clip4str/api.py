@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -227,7 +228,9 @@ def load(
         if overrides is None or isinstance(overrides, dict):
             overrides = {**release.config_overrides, **(overrides or {})}
         else:
-            overrides = [f"{k}={v!r}" for k, v in release.config_overrides.items()] + list(overrides)
+            overrides = [f"{k}={json.dumps(v)}" for k, v in release.config_overrides.items()] + list(
+                overrides
+            )
     model = load_model(path, overrides=overrides)
     return Recognizer(
         model,

@@ -125,6 +125,20 @@ class DecodingConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """Parameter-efficient tuning of the image features: ``kind`` 'none', 'clip-adapter' or 'ladder'.
+
+    ``ratio`` is the residual mixing ratio of CLIP-Adapter (0.2 in the paper's study), ``reduction`` the
+    bottleneck reduction of the adapter / side network; ``options`` holds kind-specific extras.
+    """
+
+    kind: str = "none"
+    ratio: float = 0.2
+    reduction: int = 4
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ModelConfig:
     """Everything needed to rebuild a CLIP4STR model and its preprocessing from weights alone."""
 
@@ -136,13 +150,19 @@ class ModelConfig:
     charset_test: str | None = None
     max_label_length: int = 25
     caption_length: int = 16  # CLIP context length for the predicted caption (official ``context_length``)
+    # Freezing: N > 0 freezes the first N blocks of a tower with its embeddings, -1 the whole tower.
     text_freeze_layers: int = 6
     image_freeze_layers: int = 0
+    freeze_token_embeddings: bool = False
     cross_loss_weight: float = 1.0
     perm_num: int = 6
     perm_forward: bool = True
     perm_mirrored: bool = True
+    # Text encoder of the cross-modal branch: "clip" (the CLIP text tower) or another registered encoder,
+    # configured by ``text_encoder_options`` (e.g. a Multilingual-CLIP model name or path).
     text_encoder: str = "clip"
+    text_encoder_options: dict[str, Any] = field(default_factory=dict)
+    adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig())
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     name: str = ""

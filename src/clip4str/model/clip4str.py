@@ -98,28 +98,37 @@ class CLIP4STR(nn.Module):
         self.charset_adapter = CharsetAdapter(self.config.resolved_charset_test)
 
     def freeze_(self) -> None:
-        """Apply the config's freezing: the first ``text_freeze_layers`` text blocks with the token and
-        position embeddings, and the first ``image_freeze_layers`` image blocks with the patch embedding.
-        ``logit_scale`` is unused and always frozen.
+        """Apply the config's freezing (``logit_scale`` is unused and always frozen).
+
+        * ``text_freeze_layers`` N > 0: the first N text blocks with the token and position embeddings (the
+          official default, N = 6); -1: the whole text tower, ``ln_final`` and ``text_projection`` included.
+        * ``image_freeze_layers`` N > 0: the first N image blocks with the patch/class/position embeddings and
+          ``ln_pre``; -1: the whole image tower, ``ln_post`` and ``proj`` included.
+        * ``freeze_token_embeddings``: the text token embedding alone (a strategy of the paper's PEFT study).
         """
+        cfg = self.config
         clip = self.clip_model
-        for p in clip.parameters():
-            p.requires_grad_(True)
+        clip.requires_grad_(True)
         clip.logit_scale.requires_grad_(False)
-        n_text = self.config.text_freeze_layers
-        if n_text > 0:
-            for p in [clip.token_embedding.weight, clip.positional_embedding]:
+        text_stem = [clip.token_embedding.weight, clip.positional_embedding]
+        text_head = [clip.ln_final.weight, clip.ln_final.bias, clip.text_projection]
+        visual = clip.visual
+        image_stem = [visual.conv1.weight, visual.class_embedding, visual.positional_embedding]
+        image_stem += list(visual.ln_pre.parameters())
+        image_head = [*visual.ln_post.parameters(), visual.proj]
+        for n_layers, stem, blocks, head in (
+            (cfg.text_freeze_layers, text_stem, clip.transformer.resblocks, text_head),
+            (cfg.image_freeze_layers, image_stem, visual.transformer.resblocks, image_head),
+        ):
+            if n_layers == 0:
+                continue
+            frozen = stem + (head if n_layers < 0 else [])
+            for block in blocks if n_layers < 0 else blocks[:n_layers]:
+                frozen.extend(block.parameters())
+            for p in frozen:
                 p.requires_grad_(False)
-            for block in clip.transformer.resblocks[:n_text]:
-                block.requires_grad_(False)
-        n_image = self.config.image_freeze_layers
-        if n_image > 0:
-            visual = clip.visual
-            for p in [visual.conv1.weight, visual.class_embedding, visual.positional_embedding]:
-                p.requires_grad_(False)
-            visual.ln_pre.requires_grad_(False)
-            for block in visual.transformer.resblocks[:n_image]:
-                block.requires_grad_(False)
+        if cfg.freeze_token_embeddings:
+            clip.token_embedding.weight.requires_grad_(False)
 
     @property
     def caption_tokenizer(self):
