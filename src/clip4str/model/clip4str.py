@@ -78,6 +78,17 @@ class CLIP4STR(nn.Module):
 
         self.visual_decoder = make_decoder()
         self.cross_decoder = make_decoder()
+        # Optional parts (parameter-efficient tuning, another text encoder); None = the official model.
+        self.image_adapter: nn.Module | None = None
+        self.text_encoder: nn.Module | None = None
+        if config.adapter.kind != "none":
+            from clip4str.model.peft import build_image_adapter
+
+            self.image_adapter = build_image_adapter(config)
+        if config.text_encoder != "clip":
+            from clip4str.model.text_encoders import build_text_encoder
+
+            self.text_encoder = build_text_encoder(config)
         self.perm_rng = np.random.default_rng()
         self._caption_tokenizer = None
         self.set_charset_test(config.charset_test)
@@ -141,6 +152,8 @@ class CLIP4STR(nn.Module):
     # ------------------------------------------------------------------------------------------ parts
     def encode(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) normalised images → image memory (N, T, E): every ViT token, CLS included."""
+        if self.image_adapter is not None:
+            return self.image_adapter(self.clip_model.visual, images.to(self.dtype))
         return self.clip_model.encode_image_tokens(images.to(self.dtype))
 
     def captions_from_logits(self, logits: Tensor) -> list[str]:
@@ -157,7 +170,10 @@ class CLIP4STR(nn.Module):
         """[image memory (detached); CLIP text features of the prediction]: (N, T + caption_length, E)."""
         if captions is None:
             captions = self.captions_from_logits(logits)
-        text = self.clip_model.encode_text_tokens(self.caption_ids(captions))
+        if self.text_encoder is not None:
+            text = self.text_encoder(captions)  # (N, S, E), its own tokenizer and projection
+        else:
+            text = self.clip_model.encode_text_tokens(self.caption_ids(captions))
         return torch.cat([memory.detach(), text.to(memory.dtype)], dim=1)
 
     # ------------------------------------------------------------------------------------------ decoding
