@@ -565,6 +565,7 @@ def generate_lmdb(
     workers: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    chunk: int = 64,
 ) -> Path:
     """Render ``count`` samples into a new LMDB at ``out`` (atomically); returns its path.
 
@@ -578,7 +579,7 @@ def generate_lmdb(
         bar = tqdm(
             total=count, unit="img", desc="synth", file=sys.stderr, disable=not progress, smoothing=0.1
         )
-        for image, label in iter_samples(cfg, count, workers=workers):
+        for image, label in iter_samples(cfg, count, workers=workers, chunk=chunk):
             writer.add(image, label)
             bar.update(1)
         bar.close()

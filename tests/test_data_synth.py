@@ -1,0 +1,133 @@
+"""Synthetic word renderer: determinism, readable LMDB output with the right labels, fonts, effects."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import lmdb
+import numpy as np
+import pytest
+from conftest import IN_CI
+from PIL import Image
+
+from clip4str.charset import CHARSET_36, CHARSET_94, CHARSET_VIETNAMESE
+from clip4str.data import synth as S
+from clip4str.data.lmdb_dataset import LmdbDataset
+
+
+@pytest.fixture(scope="module")
+def fonts() -> list[str]:
+    found = [str(f) for f in S.find_fonts()]
+    dejavu = [f for f in found if "DejaVuSans" in f]
+    if not found:
+        if IN_CI:
+            pytest.fail("no system fonts: CI must install fonts-dejavu-core")
+        pytest.skip("no system fonts installed")
+    return dejavu[:3] or found[:3]
+
+
+def test_render_is_deterministic_per_seed_and_index(fonts):
+    cfg = S.SynthConfig(fonts=fonts, words=["hello", "World"], seed=3)
+    a = [S.render_sample(i, cfg) for i in range(6)]
+    b = [S.render_sample(i, cfg) for i in reversed(range(6))][::-1]
+    assert a == b  # independent of order
+    other = [
+        S.render_sample(i, S.SynthConfig(fonts=fonts, words=["hello", "World"], seed=4)) for i in range(6)
+    ]
+    assert [x[0] for x in a] != [x[0] for x in other]
+    for data, label in a:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        assert img.mode == "RGB" and img.height >= 8 and img.width >= 8
+        assert label and set(label) <= set(CHARSET_94)
+
+
+def test_vocabulary_case_variants_and_random_strings(fonts):
+    cfg = S.SynthConfig(fonts=fonts, words=["Parking"], random_ratio=0.0)
+    labels = {S.render_sample(i, cfg)[1] for i in range(40)}
+    assert labels <= {"Parking", "parking", "PARKING"} and len(labels) >= 2
+    rnd = S.SynthConfig(fonts=fonts, charset=CHARSET_36, min_length=2, max_length=6)
+    labels = [S.render_sample(i, rnd)[1] for i in range(40)]
+    assert all(2 <= len(s) <= 6 and set(s) <= set(CHARSET_36) for s in labels)
+    assert len(set(labels)) > 30
+    filtered = S.SynthConfig(fonts=fonts, charset=CHARSET_36, words=["ok", "not ok!", "x" * 40])
+    assert filtered.words == ["ok"]  # words the charset or length limits cannot hold are left out
+
+
+def test_generate_lmdb_is_readable_and_worker_independent(fonts, tmp_path):
+    cfg = S.SynthConfig(fonts=fonts, words=["alpha", "beta", "gamma"], seed=11)
+    expected = [S.render_sample(i, cfg) for i in range(20)]
+    S.generate_lmdb(tmp_path / "one", 20, cfg, workers=1, progress=False)
+    S.generate_lmdb(tmp_path / "two", 20, cfg, workers=2, progress=False, chunk=3)  # 7 chunks, 2 processes
+    for name in ("one", "two"):
+        env = lmdb.open(str(tmp_path / name), readonly=True, lock=False)
+        with env.begin() as txn:
+            assert txn.get(b"num-samples") == b"20"
+            stored = [
+                (txn.get(f"image-{i:09d}".encode()), txn.get(f"label-{i:09d}".encode()).decode())
+                for i in range(1, 21)
+            ]
+            meta = json.loads(txn.get(b"synth-config"))
+        env.close()
+        assert stored == expected
+        assert meta["seed"] == 11 and meta["num_words"] == 3
+    ds = LmdbDataset(tmp_path / "two", CHARSET_94)
+    assert len(ds) == 20 and ds.labels == [label for _, label in expected]
+    assert ds[5][0].mode == "RGB" and ds.corrupt_count == 0
+
+
+def test_non_latin_charset_renders_and_glyph_coverage(fonts):
+    font = fonts[0]
+    assert S.font_supports(font, "Tiếng Việt")
+    assert not S.font_supports(font, "中")  # DejaVu has no CJK glyphs
+    cfg = S.SynthConfig(
+        fonts=fonts, charset=CHARSET_VIETNAMESE, words=["Tiếng", "Việt", "đường"], random_ratio=0
+    )
+    labels = {S.render_sample(i, cfg)[1] for i in range(10)}
+    assert labels & {"Tiếng", "tiếng", "TIẾNG", "Việt", "việt", "VIỆT", "đường", "ĐƯỜNG"}
+    nocover = S.SynthConfig(fonts=fonts, charset="中文")
+    with pytest.raises(ValueError, match="none of the .* fonts"):
+        S.render_sample(0, nocover)
+    with pytest.raises(ValueError, match="no fonts"):
+        S.render_sample(0, S.SynthConfig())
+
+
+def test_curve_and_perspective_keep_the_text(fonts):
+    font = S._font(fonts[0], 40)
+    fill, _ = S._render_line("STOP", font, 0.0, 0)
+    layer = Image.new("RGBA", fill.size, (0, 0, 0, 0))
+    layer.putalpha(fill)
+    ink = np.asarray(fill, dtype=float).sum()
+    for seed in range(25):
+        for op in (S._curve, S._perspective):
+            out = op(layer, np.random.default_rng(seed))
+            ratio = np.asarray(out.getchannel("A"), dtype=float).sum() / ink
+            assert 0.7 < ratio < 1.35, (op.__name__, seed, ratio)
+    # an arc really bends the baseline: the ink centre of the middle differs from the ends
+    out = np.asarray(S._curve(layer, np.random.default_rng(1)).getchannel("A"), dtype=float)
+    cols = np.arange(out.shape[0])[:, None]
+    centre = (out * cols).sum(0) / np.maximum(out.sum(0), 1)
+    w = out.shape[1]
+    inked = out.sum(0) > 0
+    ends = np.r_[centre[: w // 5][inked[: w // 5]], centre[-w // 5 :][inked[-w // 5 :]]]
+    assert abs(centre[w // 2 - 3 : w // 2 + 3].mean() - ends.mean()) > 2
+
+
+def test_perspective_coeffs_map_corners():
+    src = [(0, 0), (100, 0), (100, 30), (0, 30)]
+    dst = [(3, 5), (97, 0), (100, 33), (0, 28)]
+    a, b, c, d, e, f, g, h = S.perspective_coeffs(src, dst)
+    for (u, v), (x, y) in zip(src, dst):
+        den = g * x + h * y + 1
+        assert (a * x + b * y + c) / den == pytest.approx(u) and (d * x + e * y + f) / den == pytest.approx(v)
+
+
+def test_find_fonts_in_given_folder(tmp_path, fonts):
+    import shutil
+
+    shutil.copy(fonts[0], tmp_path / "A.ttf")
+    (tmp_path / "SomeMath.ttf").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    assert S.find_fonts([tmp_path]) == [tmp_path / "A.ttf"]
+    assert S.find_fonts([tmp_path / "empty-does-not-exist"]) == []
