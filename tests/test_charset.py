@@ -46,7 +46,7 @@ def test_charset_adapter_matches_official(golden, name):
     g = golden["charset_adapter"][name]
     adapter = CharsetAdapter(g["charset"])
     assert adapter.lowercase_only == g["lowercase_only"] and adapter.uppercase_only == g["uppercase_only"]
-    for text, adapted in g["outputs"]:
+    for text, adapted in g["outputs"].items():
         assert adapter(text) == adapted, text
 
 
