@@ -281,3 +281,15 @@ def test_info_counts_lengths_chars_and_corrupt(tmp_path):
     assert set(info.outside_charset) == {"-", "中"}  # 'A' folds to 'a', 'é' normalises to 'e'
     assert info.corrupt_images == [2]
     assert info.filter_counts["kept"] == 3 and info.filter_counts["chars_removed"] == 1
+
+
+def test_packed_labels_behave_like_a_list():
+    from clip4str.data.lmdb_dataset import PackedStrings
+
+    items = ["", "a", "Tiếng", "中文", "xyz"]
+    packed = PackedStrings.from_strings(items)
+    assert len(packed) == 5 and list(packed) == items and packed == items and packed == tuple(items)
+    assert packed[-1] == "xyz" and packed[1:3] == ["a", "Tiếng"] and packed != items[:4]
+    assert "中文" in packed and packed.index("xyz") == 4
+    with pytest.raises(IndexError):
+        packed[5]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
@@ -107,6 +108,50 @@ def read_num_samples(txn: lmdb.Transaction, path: str | Path) -> int:
         return int(raw.decode().strip())
     except ValueError as err:
         raise DatasetError(f"LMDB {path}: 'num-samples' is not an integer: {raw[:40]!r}") from err
+
+
+class PackedStrings(Sequence[str]):
+    """An immutable list of strings stored as one UTF-8 blob plus an offsets array.
+
+    Millions of labels held this way are two Python objects, not millions: DataLoader workers forked
+    from the main process then share them instead of copying every page that reference counting
+    touches. Compares equal to a list or tuple with the same strings.
+    """
+
+    def __init__(self, blob: bytes, offsets: np.ndarray) -> None:
+        self._blob = blob
+        self._offsets = offsets
+
+    @classmethod
+    def from_strings(cls, items: Sequence[str]) -> PackedStrings:
+        encoded = [s.encode("utf-8") for s in items]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=offsets[1:])
+        return cls(b"".join(encoded), offsets)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"label index {index} out of range ({n} labels)")
+        return self._blob[self._offsets[index] : self._offsets[index + 1]].decode("utf-8")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PackedStrings):
+            return self._blob == other._blob and np.array_equal(self._offsets, other._offsets)
+        if isinstance(other, (list, tuple)):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(s) for s in self[:5])
+        return f"PackedStrings([{head}{', ...' if len(self) > 5 else ''}], n={len(self)})"
 
 
 class _CorruptTracker:
@@ -209,7 +254,7 @@ class LmdbDataset(_ImageDataset):
         self._env: lmdb.Environment | None = None
         self._env_pid = -1
         label_filter = LabelFilter(charset, max_label_length, remove_whitespace, normalize, unsupported)
-        self.labels, self.indices = [], []
+        blob, offsets, indices = bytearray(), [0], []
         with open_lmdb(self.path).begin() as txn:
             self.num_raw = read_num_samples(txn, self.path)
             missing = 0
@@ -224,8 +269,11 @@ class LmdbDataset(_ImageDataset):
                 if min_image_dim > 0 and not self._big_enough(txn, index, min_image_dim):
                     label_filter.counts["too_small"] += 1
                     continue
-                self.labels.append(label)
-                self.indices.append(index)
+                blob += label.encode("utf-8")
+                offsets.append(len(blob))
+                indices.append(index)
+        self.labels = PackedStrings(bytes(blob), np.asarray(offsets, dtype=np.int64))
+        self.indices = np.asarray(indices, dtype=np.int64)
         self.filter_counts: Counter[str] = label_filter.counts
         self.unsupported_chars = label_filter.unsupported_chars
         if missing:
@@ -257,12 +305,12 @@ class LmdbDataset(_ImageDataset):
 
     def sample_key(self, index: int) -> str:
         """``'<lmdb path>:image-%09d'`` of the ``index``-th kept sample (for error reports)."""
-        return f"{self.path}:image-{self.indices[index]:09d}"
+        return f"{self.path}:image-{int(self.indices[index]):09d}"
 
     def raw(self, index: int) -> tuple[bytes, str]:
         """The stored image bytes and the (filtered) label of the ``index``-th kept sample."""
         with self.env.begin() as txn:
-            data = txn.get(f"image-{self.indices[index]:09d}".encode())
+            data = txn.get(f"image-{int(self.indices[index]):09d}".encode())
         if data is None:
             raise ImageReadError(f"{self.sample_key(index)}: key missing")
         return bytes(data), self.labels[index]
