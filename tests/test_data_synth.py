@@ -53,6 +53,8 @@ def test_vocabulary_case_variants_and_random_strings(fonts):
     assert len(set(labels)) > 30
     filtered = S.SynthConfig(fonts=fonts, charset=CHARSET_36, words=["ok", "not ok!", "x" * 40])
     assert filtered.words == ["ok"]  # words the charset or length limits cannot hold are left out
+    lower_only = S.SynthConfig(fonts=fonts, charset=CHARSET_36, words=["Hello"], random_ratio=0.0)
+    assert {S.render_sample(i, lower_only)[1] for i in range(8)} == {"hello"}
 
 
 def test_generate_lmdb_is_readable_and_worker_independent(fonts, tmp_path):

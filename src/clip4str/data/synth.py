@@ -215,11 +215,11 @@ def _pick_text(rng: np.random.Generator, cfg: SynthConfig) -> str:
         for _ in range(10):
             word = cfg.words[int(rng.integers(len(cfg.words)))]
             r = rng.random()
-            variant = _case_variants(word)[0 if r < 0.55 else 1 if r < 0.75 else 2 if r < 0.92 else 3]
-            if set(variant) <= allowed:
-                return variant
-            if set(word) <= allowed:
-                return word
+            variants = _case_variants(word)
+            preferred = variants[0 if r < 0.55 else 1 if r < 0.75 else 2 if r < 0.92 else 3]
+            for variant in (preferred, *variants):  # e.g. a lowercase-only charset takes the lower form
+                if set(variant) <= allowed:
+                    return variant
     return _random_string(rng, cfg.charset, cfg.min_length, cfg.max_length)
 
 
