@@ -232,7 +232,10 @@ def _luma(c: Sequence[int]) -> float:
 
 
 def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    return tuple(int(v) for v in rng.integers(0, 256, 3))  # type: ignore[return-value]
+    c = rng.integers(0, 256, 3).astype(np.float64)
+    if rng.random() < 0.6:  # real scenes are mostly muted: pull towards the colour's own grey
+        c += (_luma(c) - c) * rng.uniform(0.3, 0.9)
+    return tuple(int(v) for v in np.clip(np.rint(c), 0, 255))  # type: ignore[return-value]
 
 
 def _contrasting_colour(rng: np.random.Generator, bg: Sequence[int], min_diff: float) -> tuple[int, int, int]:
