@@ -364,6 +364,17 @@ def test_eval_cli_reports_and_errors(bench_root, ckpt, tmp_path, capsys):
     rows = errors.read_text(encoding="utf-8").splitlines()
     assert rows[0].startswith("dataset\tkey\tlabel") and any("corrupt" in r for r in rows[1:])
 
+    out = tmp_path / "r.csv"
+    assert main([*args, "--datasets", "IIIT5k", "mine", "--format", "csv", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == ""  # the report went to --out
+    rows = list(csv.DictReader(out.read_text(encoding="utf-8").splitlines()))
+    assert [(r["group"], r["dataset"]) for r in rows if r["group"] in ("Other", "All")] == [
+        ("Other", "mine"),
+        ("Other", "Combined"),
+        ("All", "All"),
+    ]
+    assert int(rows[-1]["num_samples"]) == 5 + 1  # IIIT5k once, although it is in two groups
+
     assert main([*args, "--datasets", "IIIT5k", "CUTE80"]) == 1
     assert "not found under" in capsys.readouterr().err
     assert main(["eval", "--model", str(ckpt), "--data", str(bench_root), "--labels", "x.tsv"]) == 2

@@ -585,8 +585,8 @@ class EvalReport:
         sections = [
             (g.name, [self.results[n] for n in g.present], g.combined, g.missing) for g in self.groups
         ]
-        covered = len(self.groups) == 1 and set(self.groups[0].present) == set(self.results)
-        if not covered:
+        # The "All" table only when no group already holds every evaluated set.
+        if not any(set(g.present) == set(self.results) for g in self.groups):
             sections.append(("All", [], self.total, []))
         return sections
 
