@@ -383,3 +383,6 @@ def test_eval_cli_reports_and_errors(bench_root, ckpt, tmp_path, capsys):
     assert "label file not found" in capsys.readouterr().err
     assert main(["eval", "--data", str(tmp_path)]) == 1
     assert "no test folder" in capsys.readouterr().err
+    (tmp_path / "test" / "SVT").mkdir(parents=True)
+    assert main(["eval", "--data", str(tmp_path)]) == 1  # checked before the model would load
+    assert "no LMDB (a folder with data.mdb) found at or under" in capsys.readouterr().err

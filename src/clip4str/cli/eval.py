@@ -43,7 +43,11 @@ def run(args: argparse.Namespace) -> int:
     # Check the data before the (slow) model load.
     layout = None
     if args.data is not None:
+        from clip4str.data.lmdb_dataset import find_lmdbs
+
         layout = find_benchmarks(args.data, datasets)
+        for path in layout.paths.values():
+            find_lmdbs(path)  # a set folder without an LMDB is an error before the model loads
         for name in layout.ignored:
             print(
                 f"{prog}: note: ignoring test/{name} (not a standard name; add it with --datasets)",
