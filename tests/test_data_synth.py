@@ -22,9 +22,16 @@ def fonts() -> list[str]:
     dejavu = [f for f in found if "DejaVuSans" in f]
     if not found:
         if IN_CI:
-            pytest.fail("no system fonts: CI must install fonts-dejavu-core")
-        pytest.skip("no system fonts installed")
+            pytest.fail("no fonts: neither system fonts nor matplotlib's bundled DejaVu were found")
+        pytest.skip("no fonts installed")
     return dejavu[:3] or found[:3]
+
+
+def test_falls_back_to_bundled_fonts_without_system_fonts(monkeypatch):
+    monkeypatch.setattr(S, "FONT_DIRS", ())
+    monkeypatch.setattr(S.shutil, "which", lambda name: None)
+    fonts = S.find_fonts()
+    assert fonts and all(f.name.startswith("DejaVu") and f.is_file() for f in fonts)
 
 
 def test_render_is_deterministic_per_seed_and_index(fonts):

@@ -19,6 +19,7 @@ and math fonts are skipped. DejaVu alone works; more families (Debian ``fonts-li
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import math
@@ -83,7 +84,21 @@ def find_fonts(dirs: Sequence[str | Path] | None = None) -> list[Path]:
             if p.is_dir():
                 found.update(f for f in p.rglob("*") if f.suffix.lower() in FONT_SUFFIXES)
     fonts = [f for f in found if f.is_file() and not any(w in f.name.lower() for w in _SKIP_FONT_WORDS)]
+    if not fonts and not dirs:
+        fonts = _bundled_dejavu_fonts()
     return sorted(fonts, key=lambda f: str(f))
+
+
+def _bundled_dejavu_fonts() -> list[Path]:
+    """DejaVu fonts shipped inside matplotlib (the ``train`` extra), for machines without system fonts.
+
+    Located without importing matplotlib.
+    """
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or spec.origin is None:
+        return []
+    folder = Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf"
+    return sorted(folder.glob("DejaVu*.ttf")) if folder.is_dir() else []
 
 
 @dataclass
