@@ -40,6 +40,25 @@ class DecodeTrace:
     refine_cross: list[Tensor] = field(default_factory=list)
 
 
+@dataclass
+class SpeedOptions:
+    """Inference shortcuts of :meth:`CLIP4STR.decode`; none changes a prediction (each can be switched off
+    to measure what it buys, see ``clip4str bench --ablate``).
+
+    * ``kv_cache``: autoregressive steps append one token to cached self-attention keys/values instead of
+      re-encoding the whole prefix (static shapes, :meth:`Decoder.step`);
+    * ``reuse_memory_kv``: the image memory's cross-attention keys/values are projected once per decoder
+      and image and reused by every pass (refinement included); the cross-modal decoder projects only the
+      16 text tokens of each new caption;
+    * ``reuse_text``: CLIP text features are computed once per distinct caption within a call (duplicates
+      in the batch, and refinement captions equal to the first ones, are not re-encoded).
+    """
+
+    kv_cache: bool = True
+    reuse_memory_kv: bool = True
+    reuse_text: bool = True
+
+
 def cloze_mask(num_steps: int, device: torch.device) -> Tensor:
     """(num_steps, num_steps) additive mask where query i hides only content i + 1 (its own target)."""
     mask = torch.zeros(num_steps, num_steps, device=device)
@@ -90,6 +109,8 @@ class CLIP4STR(nn.Module):
 
             self.text_encoder = build_text_encoder(config)
         self.perm_rng = np.random.default_rng()
+        self.speed = SpeedOptions()
+        self._compiled: dict = {}  # torch.compile'd callables (enable_compile); not submodules
         self._caption_tokenizer = None
         self.set_charset_test(config.charset_test)
         self.freeze_()
@@ -149,9 +170,34 @@ class CLIP4STR(nn.Module):
             self._caption_tokenizer = ClipTokenizer()
         return self._caption_tokenizer
 
+    def enable_compile(self, mode: str | None = None, backend: str = "inductor") -> None:
+        """``torch.compile`` the image encoder and the autoregressive decoding step for inference.
+
+        The step has static shapes (:meth:`Decoder.step`), so it compiles once per batch size. Compiled
+        functions are kept outside the module tree: ``state_dict`` keys do not change. Meant for GPUs; on
+        CPU compilation takes minutes and did not pay (docs/benchmarks.md). Undo with
+        :meth:`disable_compile`.
+        """
+        import torch._dynamo
+
+        # Two decoders x a few batch sizes: keep every specialisation.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        self._compiled["encode"] = torch.compile(self._encode_eager, mode=mode, backend=backend)
+        for decoder in (self.visual_decoder, self.cross_decoder):
+            self._compiled[id(decoder)] = torch.compile(
+                decoder.step, mode=mode, backend=backend, dynamic=False
+            )
+
+    def disable_compile(self) -> None:
+        """Return to eager execution."""
+        self._compiled.clear()
+
     # ------------------------------------------------------------------------------------------ parts
     def encode(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) normalised images → image memory (N, T, E): every ViT token, CLS included."""
+        return self._compiled.get("encode", self._encode_eager)(images)
+
+    def _encode_eager(self, images: Tensor) -> Tensor:
         if self.image_adapter is not None:
             return self.image_adapter(self.clip_model.visual, images.to(self.dtype))
         return self.clip_model.encode_image_tokens(images.to(self.dtype))
@@ -170,31 +216,47 @@ class CLIP4STR(nn.Module):
         """[image memory (detached); CLIP text features of the prediction]: (N, T + caption_length, E)."""
         if captions is None:
             captions = self.captions_from_logits(logits)
+        return torch.cat([memory.detach(), self.text_features(captions).to(memory.dtype)], dim=1)
+
+    def text_features(self, captions: list[str]) -> Tensor:
+        """Text-encoder tokens of the captions: (N, caption_length, E) for CLIP."""
         if self.text_encoder is not None:
-            text = self.text_encoder(captions)  # (N, S, E), its own tokenizer and projection
-        else:
-            text = self.clip_model.encode_text_tokens(self.caption_ids(captions))
-        return torch.cat([memory.detach(), text.to(memory.dtype)], dim=1)
+            return self.text_encoder(captions)  # (N, S, E), its own tokenizer and projection
+        return self.clip_model.encode_text_tokens(self.caption_ids(captions))
 
     # ------------------------------------------------------------------------------------------ decoding
-    def _autoregressive(self, decoder: Decoder, memory: Tensor, num_steps: int, stop_early: bool) -> Tensor:
-        """Greedy AR decoding → logits (N, k, C), k <= num_steps; stops once every row has emitted EOS."""
-        n = memory.shape[0]
+    def _memory_kv(self, decoder: Decoder, memory: Tensor) -> Tensor | list[tuple[Tensor, Tensor]]:
+        return decoder.memory_kv(memory) if self.speed.reuse_memory_kv else memory
+
+    def _autoregressive(
+        self, decoder: Decoder, memory: Tensor | list[tuple[Tensor, Tensor]], num_steps: int, stop_early: bool
+    ) -> Tensor:
+        """Greedy AR decoding → logits (N, k, C), k <= num_steps; stops once every row has emitted EOS.
+
+        ``memory`` is (N, S, E) or its :meth:`Decoder.memory_kv`. Rows keep decoding after their own EOS
+        (their later positions are ignored downstream), so each row's result is independent of its batch.
+        """
+        if isinstance(memory, Tensor):
+            memory = decoder.memory_kv(memory)
+        n = memory[0][0].shape[0]
+        device = memory[0][0].device
         bos, pad, eos = self.tokenizer.bos_id, self.tokenizer.pad_id, self.tokenizer.eos_id
-        mem_kv = decoder.memory_kv(memory)
-        tgt = torch.full((n, num_steps), pad, dtype=torch.long, device=memory.device)
+        tgt = torch.full((n, num_steps), pad, dtype=torch.long, device=device)
         tgt[:, 0] = bos
-        causal = causal_mask(num_steps, memory.device)
-        done = torch.zeros(n, dtype=torch.bool, device=memory.device)
+        done = torch.zeros(n, dtype=torch.bool, device=device)
+        cache = decoder.init_cache(memory, num_steps) if self.speed.kv_cache else None
+        step = self._compiled.get(id(decoder), decoder.step)
+        causal = None if cache is not None else causal_mask(num_steps, device)
+        steps = torch.arange(num_steps, device=device)
         outputs = []
         for i in range(num_steps):
             j = i + 1
-            step_logits = decoder(
-                tgt[:, :j],
-                mem_kv,
-                query=decoder.pos_queries[:, i:j],
-                content_mask=causal[:j, :j],
-            )
+            if cache is not None:
+                step_logits = step(cache, tgt[:, i], steps[i:j])
+            else:
+                step_logits = decoder(
+                    tgt[:, :j], memory, query=decoder.pos_queries[:, i:j], content_mask=causal[:j, :j]
+                )
             outputs.append(step_logits)
             next_ids = step_logits.squeeze(1).argmax(-1)
             if j < num_steps:
@@ -205,13 +267,17 @@ class CLIP4STR(nn.Module):
                     break
         return torch.cat(outputs, dim=1)
 
-    def _non_autoregressive(self, decoder: Decoder, memory: Tensor, num_steps: int) -> Tensor:
+    def _non_autoregressive(
+        self, decoder: Decoder, memory: Tensor | list[tuple[Tensor, Tensor]], num_steps: int
+    ) -> Tensor:
         """All positions in one pass from [B] alone → (N, num_steps, C)."""
-        n = memory.shape[0]
-        tgt = torch.full((n, 1), self.tokenizer.bos_id, dtype=torch.long, device=memory.device)
+        n = memory.shape[0] if isinstance(memory, Tensor) else memory[0][0].shape[0]
+        tgt = torch.full((n, 1), self.tokenizer.bos_id, dtype=torch.long, device=self.device)
         return decoder(tgt, memory, query=decoder.pos_queries[:, :num_steps])
 
-    def _refine(self, decoder: Decoder, memory: Tensor, logits: Tensor, num_steps: int) -> Tensor:
+    def _refine(
+        self, decoder: Decoder, memory: Tensor | list[tuple[Tensor, Tensor]], logits: Tensor, num_steps: int
+    ) -> Tensor:
         """One cloze iteration: re-read the previous greedy prediction with each position's own token
         hidden and everything from the first EOS on ignored → (N, num_steps, C).
         """
@@ -229,6 +295,35 @@ class CLIP4STR(nn.Module):
             content_mask=mask[:length, :length],
             padding_mask=padding,
         )
+
+    def _text_features(self, captions: list[str], cache: dict[str, Tensor] | None) -> Tensor:
+        """CLIP text tokens (N, caption_length, E) of ``captions``; with ``cache`` (caption → features),
+        each distinct caption is encoded once."""
+        if cache is None:
+            return self.text_features(captions)
+        new = list(dict.fromkeys(c for c in captions if c not in cache))
+        if new:
+            feats = self.text_features(new)
+            cache.update(zip(new, feats.unbind(0)))
+        return torch.stack([cache[c] for c in captions])
+
+    def _cross_kv(
+        self,
+        memory: Tensor,
+        image_kv: list[tuple[Tensor, Tensor]] | None,
+        captions: list[str],
+        text_cache: dict[str, Tensor] | None,
+    ) -> Tensor | list[tuple[Tensor, Tensor]]:
+        """The cross-modal decoder's memory for ``captions``: (N, T + caption_length, E), or its keys/values
+        with the image part's taken from ``image_kv``."""
+        text = self._text_features(captions, text_cache).to(memory.dtype)
+        if image_kv is None:
+            return torch.cat([memory.detach(), text], dim=1)
+        text_kv = self.cross_decoder.memory_kv(text)
+        return [
+            (torch.cat([ik, tk], dim=2), torch.cat([iv, tv], dim=2))
+            for (ik, iv), (tk, tv) in zip(image_kv, text_kv)
+        ]
 
     def decode(
         self,
@@ -267,21 +362,24 @@ class CLIP4STR(nn.Module):
         num_steps = length + 1
 
         memory = self.encode(images)
+        vis_mem = self._memory_kv(self.visual_decoder, memory)
         if mode == "ar":
-            vis_logits = self._autoregressive(self.visual_decoder, memory, num_steps, stop_early)
+            vis_logits = self._autoregressive(self.visual_decoder, vis_mem, num_steps, stop_early)
         else:
-            vis_logits = self._non_autoregressive(self.visual_decoder, memory, num_steps)
+            vis_logits = self._non_autoregressive(self.visual_decoder, vis_mem, num_steps)
         if trace is not None:
             trace.visual_initial = vis_logits
         if visual_only:
             for _ in range(refine_iters):
-                vis_logits = self._refine(self.visual_decoder, memory, vis_logits, num_steps)
+                vis_logits = self._refine(self.visual_decoder, vis_mem, vis_logits, num_steps)
                 if trace is not None:
                     trace.refine_visual.append(vis_logits)
             return vis_logits
 
+        text_cache: dict[str, Tensor] | None = {} if self.speed.reuse_text else None
+        image_kv = self.cross_decoder.memory_kv(memory.detach()) if self.speed.reuse_memory_kv else None
         captions = self.captions_from_logits(vis_logits)
-        cross_mem = self.cross_memory(memory, vis_logits, captions)
+        cross_mem = self._cross_kv(memory, image_kv, captions, text_cache)
         if mode == "ar":
             cross_logits = self._autoregressive(self.cross_decoder, cross_mem, num_steps, stop_early)
         else:
@@ -290,9 +388,9 @@ class CLIP4STR(nn.Module):
             trace.cross_initial = cross_logits
             trace.captions.append(captions)
         for _ in range(refine_iters):
-            vis_logits = self._refine(self.visual_decoder, memory, vis_logits, num_steps)
+            vis_logits = self._refine(self.visual_decoder, vis_mem, vis_logits, num_steps)
             captions = self.captions_from_logits(vis_logits)
-            cross_mem = self.cross_memory(memory, vis_logits, captions)
+            cross_mem = self._cross_kv(memory, image_kv, captions, text_cache)
             cross_logits = self._refine(self.cross_decoder, cross_mem, cross_logits, num_steps)
             if trace is not None:
                 trace.refine_visual.append(vis_logits)

@@ -7,6 +7,7 @@ Parameter names follow the official checkpoints (``pos_queries``, ``layers.{i}.s
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +113,20 @@ class DecoderLayer(nn.Module):
         x = x + self.dropout3(self.linear2(self.dropout(F.gelu(self.linear1(self.norm2(x))))))
         return x
 
+    def stream_cached(
+        self,
+        x: Tensor,
+        x_norm: Tensor,
+        self_kv: tuple[Tensor, Tensor],
+        memory_kv: tuple[Tensor, Tensor],
+        self_mask: Tensor | None,
+    ) -> Tensor:
+        """:meth:`stream` with the self-attention keys/values of the content already projected."""
+        x = x + self.dropout1(self.self_attn.attend(x_norm, *self_kv, self_mask))
+        x = x + self.dropout2(self.cross_attn.attend(self.norm1(x), *memory_kv))
+        x = x + self.dropout3(self.linear2(self.dropout(F.gelu(self.linear1(self.norm2(x))))))
+        return x
+
     def forward(
         self,
         query: Tensor,
@@ -126,6 +141,19 @@ class DecoderLayer(nn.Module):
         if update_content:
             content = self.stream(content, content_norm, content_norm, memory, content_mask)
         return query, content
+
+
+@dataclass
+class StepCache:
+    """State of an incremental decode (:meth:`Decoder.step`): per layer, the memory's cross-attention
+    keys/values (N, heads, S, head_dim) and the content's self-attention keys/values (N, heads, steps,
+    head_dim), filled one position per step."""
+
+    memory_kv: list[tuple[Tensor, Tensor]]
+    keys: list[Tensor]
+    values: list[Tensor]
+    offsets: Tensor  # (steps + 1, E): position offset of content token t
+    steps: Tensor  # (steps,) arange
 
 
 class TokenEmbedding(nn.Module):
@@ -193,6 +221,45 @@ class Decoder(nn.Module):
     def memory_kv(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Per-layer cross-attention keys/values of ``memory``, to reuse across decoding steps."""
         return [layer.cross_attn.project_kv(memory) for layer in self.layers]
+
+    def init_cache(self, memory_kv: list[tuple[Tensor, Tensor]], num_steps: int) -> StepCache:
+        """An empty content cache for :meth:`step`, for ``num_steps`` autoregressive steps."""
+        k0 = memory_kv[0][0]
+        n, heads, _, head_dim = k0.shape
+        shape = (n, heads, num_steps, head_dim)
+        # Zeros, not empty: masked slots are multiplied by an exact 0 weight, and 0 * NaN would be NaN.
+        keys = [k0.new_zeros(shape) for _ in self.layers]
+        values = [k0.new_zeros(shape) for _ in self.layers]
+        # Position offsets of the content tokens: none for [B] (step 0), pos_queries[t - 1] for step t.
+        offsets = torch.cat([self.pos_queries.new_zeros(1, self.width), self.pos_queries[0]], dim=0)
+        steps = torch.arange(num_steps, device=k0.device)
+        return StepCache(memory_kv, keys, values, offsets, steps)
+
+    def step(self, cache: StepCache, ids: Tensor, t: Tensor) -> Tensor:
+        """One greedy autoregressive step with static shapes (CUDA-graph and ``torch.compile`` friendly).
+
+        Appends content token ``ids`` (N,) at position ``t`` (a one-element long tensor) to ``cache`` and
+        reads position ``t`` with the single query ``pos_queries[t]``, attending over the content 0..t.
+        Returns logits (N, 1, C). Equal to :meth:`forward` on the whole prefix with that query.
+        """
+        n = ids.shape[0]
+        content = self.text_embed(ids)[:, None] + cache.offsets.index_select(0, t)[None]
+        content = self.dropout(content)
+        query = self.dropout(self.pos_queries[0].index_select(0, t)[None].expand(n, -1, -1))
+        # Keys after position t are not written yet: mask them out (shapes stay the same at every step).
+        mask = torch.zeros(cache.steps.shape, dtype=query.dtype, device=query.device)
+        mask = mask.masked_fill(cache.steps > t, float("-inf"))[None, None, None]
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            content_norm = layer.norm_c(content)
+            k, v = layer.self_attn.project_kv(content_norm)
+            cache.keys[i].index_copy_(2, t, k)
+            cache.values[i].index_copy_(2, t, v)
+            self_kv = (cache.keys[i], cache.values[i])
+            query = layer.stream_cached(query, layer.norm_q(query), self_kv, cache.memory_kv[i], mask)
+            if i < last:
+                content = layer.stream_cached(content, content_norm, self_kv, cache.memory_kv[i], mask)
+        return self.head(self.norm(query))
 
     def forward(
         self,
