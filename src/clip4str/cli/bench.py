@@ -347,6 +347,25 @@ def format_markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The ``clip4str bench`` command that reproduces ``args``."""
+    parts = [
+        f"clip4str bench --arch {args.arch}",
+        "--batch-sizes " + ",".join(map(str, args.batch_sizes)),
+        "--modes " + ",".join(args.modes),
+        "--precision " + ",".join(args.precision),
+        f"--device {args.device} --repeats {args.repeats} --warmup {args.warmup}",
+    ]
+    for flag in ("reference", "ablate", "compile"):
+        if getattr(args, flag):
+            parts.append(f"--{flag}")
+    if args.threads:
+        parts.append(f"--threads {args.threads}")
+    if args.max_reference_batch is not None:
+        parts.append(f"--max-reference-batch {args.max_reference_batch}")
+    return " ".join(parts)
+
+
 def _handler(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError("--repeats must be >= 1 and --warmup >= 0")
@@ -357,7 +376,7 @@ def _handler(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"command": "clip4str " + " ".join(sys.argv[1:]), "results": results}
+        payload = {"command": command_line(args), "results": results}
         out.write_text(json.dumps(payload, indent=1))
         out.with_suffix(".md").write_text(md)
         log(f"wrote {out} and {out.with_suffix('.md')}")
