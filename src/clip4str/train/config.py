@@ -1,0 +1,417 @@
+"""Typed training configuration, recipe presets and validation that runs before any work starts.
+
+A training config is a JSON file (or a preset shipped in ``clip4str/configs/train/``) read into
+:class:`TrainConfig`. A file may start from a preset with ``"extends": "<preset name or path>"`` and
+change only what differs. ``--set key=value`` overrides reach every field, nested ones with dots
+(``optim.lr=1e-4``, ``data.num_workers=2``, ``model.decoder.dropout=0``).
+
+The model is described by ``model_preset`` (an architecture from :mod:`clip4str.presets`) plus ``model``,
+a partial :class:`~clip4str.config.ModelConfig` merged on top, and ``init`` says where the weights come
+from (random, bare CLIP weights, or a CLIP4STR checkpoint to fine-tune).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from clip4str.charset import resolve_charset
+from clip4str.config import (
+    HALF_MEAN_STD,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    ConfigError,
+    ModelConfig,
+    from_dict,
+    parse_override,
+    to_dict,
+)
+
+__all__ = [
+    "DataConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "load_train_config",
+    "train_preset_names",
+    "resolve_model_config",
+    "parse_init",
+]
+
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
+LR_SCALINGS = ("official", "none")
+# The official code scales the base learning rate by (devices x batch x accumulation) / 512.
+LR_REFERENCE_BATCH = 512
+
+
+@dataclass
+class DataConfig:
+    """Where the LMDBs are and how samples are read (the official ``SceneTextDataModule`` options)."""
+
+    train_root: list[str] = field(default_factory=list)
+    val_root: list[str] = field(default_factory=list)
+    augment: bool = True
+    num_workers: int = 4
+    remove_whitespace: bool = True
+    normalize_unicode: bool = True
+    min_image_dim: int = 0
+    # Train and validate with CLIP's mean/std (official ``openai_meanstd: true``); False uses 0.5/0.5.
+    openai_meanstd: bool = True
+    val_batch_size: int = 0  # 0: same as batch_size
+    max_val_samples: int = 0  # 0: the whole validation set
+
+
+@dataclass
+class OptimConfig:
+    """AdamW + OneCycle as the official ``configure_optimizers``; ``lr`` is the base rate before scaling."""
+
+    lr: float = 8.4e-5
+    decoder_lr_factor: float = 19.0  # official coef_lr
+    weight_decay: float = 0.2
+    decoder_wd_factor: float = 1.0  # official coef_wd
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_pct: float = 0.075
+    lr_scaling: str = "official"  # 'official': lr x effective batch / 512; 'none': lr as given
+    grad_clip: float = 20.0  # max gradient norm; 0 disables
+    div_factor: float = 25.0  # OneCycle: initial lr = max lr / div_factor
+    final_div_factor: float = 1e4  # OneCycle: final lr = initial lr / final_div_factor
+
+
+@dataclass
+class TrainConfig:
+    """One training run. See ``docs/training.md`` for every field."""
+
+    name: str = "clip4str"
+    model_preset: str = "vit-b16"
+    model: dict[str, Any] = field(default_factory=dict)
+    init: str = "random"  # 'random' | 'clip:PATH' | 'checkpoint:PATH' (a bare path means checkpoint)
+    charset_train: str | None = None  # preset name ('94'), file or characters; overrides model.charset_train
+    charset_test: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: int = 128  # per device
+    accumulate: int = 0  # 0: derived from effective_batch_size (1 when that is 0)
+    effective_batch_size: int = 0  # 0: not checked; else devices x num_nodes x batch_size x accumulate
+    devices: int = 1
+    num_nodes: int = 1
+    accelerator: str = "auto"
+    strategy: str = "auto"
+    precision: str = "32-true"
+    epochs: int = 0
+    max_steps: int = 0  # optimizer steps; with epochs, the smaller total wins
+    val_every_n_steps: int = 0  # 0: validate only at the end
+    checkpoint_every_n_steps: int = 0  # resume checkpoint interval; 0: at each validation
+    log_every_n_steps: int = 10
+    grad_checkpointing: bool = False
+    seed: int = 42
+    output_dir: str = "runs/clip4str"
+
+    # -------------------------------------------------------------------------------- derived values
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+    @property
+    def accumulate_steps(self) -> int:
+        """Micro-batches per optimizer step."""
+        if self.accumulate > 0:
+            return self.accumulate
+        if self.effective_batch_size > 0:
+            return max(1, self.effective_batch_size // (self.world_size * self.batch_size))
+        return 1
+
+    @property
+    def global_batch_size(self) -> int:
+        """Images per optimizer step over all devices."""
+        return self.world_size * self.batch_size * self.accumulate_steps
+
+    @property
+    def scaled_lr(self) -> float:
+        """The peak learning rate of the CLIP parameters (decoders: x ``optim.decoder_lr_factor``)."""
+        if self.optim.lr_scaling == "none":
+            return self.optim.lr
+        return self.optim.lr * self.global_batch_size / LR_REFERENCE_BATCH
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+        if path is not None:
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    # -------------------------------------------------------------------------------- validation
+    def validate(self, check_paths: bool = True) -> None:
+        """Raise :class:`ConfigError` naming the first bad value. ``check_paths=False`` skips file checks."""
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("accelerator", self.accelerator, ACCELERATORS)
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("optim.lr_scaling", self.optim.lr_scaling, LR_SCALINGS)
+        for name in ("batch_size", "devices", "num_nodes", "log_every_n_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in (
+            "accumulate",
+            "effective_batch_size",
+            "epochs",
+            "max_steps",
+            "val_every_n_steps",
+            "checkpoint_every_n_steps",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.epochs == 0 and self.max_steps == 0:
+            raise ConfigError("set epochs or max_steps (both are 0): how long should training run?")
+        self._check_batch_arithmetic()
+        o = self.optim
+        if not (o.lr > 0 and math.isfinite(o.lr)):
+            raise ConfigError(f"optim.lr must be a positive number, got {o.lr}")
+        if o.decoder_lr_factor <= 0:
+            raise ConfigError(f"optim.decoder_lr_factor must be > 0, got {o.decoder_lr_factor}")
+        if o.weight_decay < 0 or o.decoder_wd_factor < 0:
+            raise ConfigError(
+                f"optim.weight_decay and optim.decoder_wd_factor must be >= 0, got {o.weight_decay}, "
+                f"{o.decoder_wd_factor}"
+            )
+        if not 0 < o.warmup_pct < 1:
+            raise ConfigError(f"optim.warmup_pct must be in (0, 1), got {o.warmup_pct}")
+        if o.grad_clip < 0:
+            raise ConfigError(f"optim.grad_clip must be >= 0 (0 disables clipping), got {o.grad_clip}")
+        if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+            raise ConfigError(f"optim.betas must be two values in [0, 1), got {list(o.betas)}")
+        if o.eps <= 0 or o.div_factor <= 0 or o.final_div_factor <= 0:
+            raise ConfigError("optim.eps, optim.div_factor and optim.final_div_factor must be > 0")
+        d = self.data
+        if d.num_workers < 0 or d.val_batch_size < 0 or d.max_val_samples < 0 or d.min_image_dim < 0:
+            raise ConfigError(
+                "data.num_workers, data.val_batch_size, data.max_val_samples and data.min_image_dim must be >= 0"
+            )
+        kind, path = parse_init(self.init)
+        model_cfg = resolve_model_config(self)  # unknown/mistyped model keys, charsets, image size
+        train_chars = set(model_cfg.charset_train)
+        missing = sorted(set(model_cfg.resolved_charset_test) - train_chars)
+        if missing:
+            raise ConfigError(
+                f"charset_test has characters that are not in charset_train: {''.join(missing)!r}; "
+                "validation labels are encoded with the training charset, so charset_test must be a subset"
+            )
+        if check_paths:
+            if kind != "random" and not Path(path).exists():
+                raise ConfigError(f"init: {kind} file {path!r} does not exist")
+            if not d.train_root:
+                raise ConfigError("data.train_root is empty: give the folder(s) holding the training LMDBs")
+            for key, roots in (("data.train_root", d.train_root), ("data.val_root", d.val_root)):
+                for root in roots:
+                    if not Path(root).exists():
+                        raise ConfigError(f"{key}: path {root!r} does not exist")
+
+    def _check_batch_arithmetic(self) -> None:
+        per_micro_step = self.world_size * self.batch_size
+        if self.effective_batch_size <= 0:
+            return
+        parts = f"devices ({self.devices}) x num_nodes ({self.num_nodes}) x batch_size ({self.batch_size})"
+        if self.accumulate == 0:
+            if self.effective_batch_size % per_micro_step:
+                raise ConfigError(
+                    f"effective_batch_size={self.effective_batch_size} is not a multiple of {parts} = "
+                    f"{per_micro_step}, so no whole number of accumulation steps reaches it; change batch_size "
+                    "or devices, or set effective_batch_size=0 and accumulate explicitly"
+                )
+        elif per_micro_step * self.accumulate != self.effective_batch_size:
+            raise ConfigError(
+                f"effective_batch_size={self.effective_batch_size} but {parts} x accumulate ({self.accumulate}) "
+                f"= {per_micro_step * self.accumulate}; set accumulate=0 to derive it, or fix the values"
+            )
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def parse_init(init: str) -> tuple[str, str]:
+    """``'random'`` → ('random', ''); ``'clip:PATH'`` → ('clip', PATH); ``'checkpoint:PATH'`` or a bare
+    path → ('checkpoint', PATH)."""
+    if init == "random":
+        return "random", ""
+    for kind in ("clip", "checkpoint"):
+        if init.startswith(kind + ":"):
+            path = init[len(kind) + 1 :]
+            if not path:
+                raise ConfigError(f"init {init!r} names no file after '{kind}:'")
+            return kind, path
+    if not init:
+        raise ConfigError("init is empty; use 'random', 'clip:PATH' or 'checkpoint:PATH'")
+    return "checkpoint", init
+
+
+# ------------------------------------------------------------------------------------------ model config
+def _merge_strict(base: dict[str, Any], update: dict[str, Any], where: str) -> None:
+    for key, value in update.items():
+        here = f"{where}.{key}"
+        if key not in base:
+            raise ConfigError(f"unknown config key {here!r}; valid keys here: {', '.join(sorted(base))}")
+        if isinstance(base[key], dict) and isinstance(value, dict):
+            _merge_strict(base[key], value, here)
+        else:
+            base[key] = value
+
+
+def resolve_model_config(cfg: TrainConfig, base: ModelConfig | None = None) -> ModelConfig:
+    """The :class:`ModelConfig` to train: ``base`` (default: ``cfg.model_preset``) with ``cfg.model``
+    merged on top, the charsets resolved, and the training normalisation recorded in ``preprocess``.
+    """
+    from clip4str.presets import model_preset
+
+    if base is None:
+        base = model_preset(cfg.model_preset)
+    data = to_dict(base)
+    if not isinstance(cfg.model, dict):
+        raise ConfigError(f"model must be a mapping of ModelConfig fields, got {type(cfg.model).__name__}")
+    _merge_strict(data, cfg.model, "model")
+    for key in ("charset_train", "charset_test"):
+        spec = getattr(cfg, key)
+        if spec is not None:
+            try:
+                data[key] = resolve_charset(spec)
+            except (ValueError, FileNotFoundError) as err:
+                raise ConfigError(f"{key}: {err}") from err
+    if "preprocess" not in cfg.model or not {"mean", "std"} & set(cfg.model.get("preprocess", {})):
+        stats = (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD) if cfg.data.openai_meanstd else (HALF_MEAN_STD,) * 2
+        data["preprocess"]["mean"], data["preprocess"]["std"] = list(stats[0]), list(stats[1])
+    try:
+        model_cfg = from_dict(ModelConfig, data, prefix="model")
+    except ConfigError as err:
+        raise ConfigError(f"model: {err}") from err
+    size = model_cfg.clip.vision.image_size
+    if tuple(model_cfg.preprocess.image_size) != (size, size):
+        raise ConfigError(
+            f"model.preprocess.image_size {list(model_cfg.preprocess.image_size)} must equal the ViT input "
+            f"[{size}, {size}] (model.clip.vision.image_size); set both"
+        )
+    if size % model_cfg.clip.vision.patch_size:
+        raise ConfigError(
+            f"model.clip.vision.image_size={size} is not a multiple of patch_size="
+            f"{model_cfg.clip.vision.patch_size}"
+        )
+    if model_cfg.perm_mirrored and model_cfg.perm_num % 2:
+        raise ConfigError(f"model.perm_num must be even when perm_mirrored is true, got {model_cfg.perm_num}")
+    return model_cfg
+
+
+# ------------------------------------------------------------------------------------------ loading
+def _preset_dir() -> Path:
+    return Path(str(resources.files("clip4str") / "configs" / "train"))
+
+
+def train_preset_names() -> list[str]:
+    """Names of the shipped training recipes (``clip4str/configs/train/*.json``)."""
+    return sorted(p.stem for p in _preset_dir().glob("*.json"))
+
+
+def _read_raw(spec: str | Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    path = Path(spec)
+    if not (path.suffix == ".json" or path.is_file()):
+        candidate = _preset_dir() / f"{spec}.json"
+        if not candidate.is_file():
+            raise ConfigError(
+                f"training config {str(spec)!r} is neither a file nor a preset; presets: "
+                f"{', '.join(train_preset_names())}"
+            )
+        path = candidate
+    if not path.is_file():
+        raise ConfigError(f"training config file {str(path)!r} does not exist")
+    key = str(path.resolve())
+    if key in seen:
+        raise ConfigError(f"training config {path} extends itself (cycle through {', '.join(seen)})")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object at the top level")
+    raw.pop("description", None)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: 'extends' must be a preset name or a path, got {parent!r}")
+    if not Path(parent).is_absolute() and (path.parent / parent).is_file():
+        parent = str(path.parent / parent)
+    base = _read_raw(parent, (*seen, key))
+    _deep_update(base, raw)
+    return base
+
+
+def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+
+
+def _set_path(raw: dict[str, Any], path: list[str], value: Any, text: str) -> None:
+    node = raw
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {text!r}: {part!r} is a value, not a config section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_train_config(
+    spec: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
+    """Read a training config from a JSON file, a preset name or a dict, apply ``key=value`` overrides.
+
+    Types and key names are checked here (:class:`ConfigError` names the key); call
+    :meth:`TrainConfig.validate` for the value checks (ranges, batch arithmetic, paths).
+    """
+    raw = json.loads(json.dumps(spec)) if isinstance(spec, dict) else _read_raw(spec)
+    raw.pop("description", None)
+    if "extends" in raw:
+        parent = raw.pop("extends")
+        base = _read_raw(parent)
+        _deep_update(base, raw)
+        raw = base
+    for text in overrides:
+        path, value = parse_override(text)
+        _set_path(raw, path, value, text)
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("train_root", "val_root"):
+            if isinstance(data.get(key), str):
+                data[key] = [data[key]]
+    return from_dict(TrainConfig, raw)
+
+
+def config_diff(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """Dotted keys whose values differ between two configs (for resume checks)."""
+    out: list[str] = []
+
+    def walk(x: Any, y: Any, where: str) -> None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) | set(y)):
+                walk(x.get(k), y.get(k), f"{where}.{k}" if where else k)
+        elif x != y:
+            out.append(where)
+
+    walk(to_dict(a), to_dict(b), "")
+    return out
+
+
+def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    """A copy of ``cfg`` with top-level fields changed."""
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,137 @@
+"""Run logs: ``metrics.csv`` (one row per logged step), TensorBoard events, and a progress bar.
+
+On resume, rows and events after the resumed step (written by the interrupted run after its last
+checkpoint) are dropped, so the logs read as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("clip4str.train")
+
+CSV_NAME = "metrics.csv"
+COLUMNS = (
+    "step",
+    "epoch",
+    "train_loss",
+    "lr",
+    "decoder_lr",
+    "images_per_s",
+    "grad_norm",
+    "val_loss",
+    "val_accuracy",
+    "val_ned",
+    "time",
+)
+
+
+class MetricsCsv:
+    """Append-only CSV of :data:`COLUMNS`; empty cells where a row has no value."""
+
+    def __init__(self, path: str | Path, resume_step: int | None = None) -> None:
+        self.path = Path(path)
+        if resume_step is not None and self.path.is_file():
+            rows = read_metrics(self.path)
+            kept = [r for r in rows if r.get("step") is not None and r["step"] <= resume_step]
+            self._rewrite(kept)
+        elif not self.path.is_file() or resume_step is None:
+            self._rewrite([])
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        with open(self.path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in COLUMNS})
+
+    def write(self, **values: Any) -> None:
+        unknown = set(values) - set(COLUMNS)
+        if unknown:
+            raise KeyError(f"unknown metrics column(s): {sorted(unknown)}")
+        values.setdefault("time", round(time.time(), 3))
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, fieldnames=COLUMNS).writerow(
+                {k: ("" if values.get(k) is None else values[k]) for k in COLUMNS}
+            )
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a ``metrics.csv`` as dicts of floats (``step``/``epoch`` as ints, missing cells as None)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CSV_NAME} at {path}")
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for raw in csv.DictReader(f):
+            row: dict[str, Any] = {}
+            for k, v in raw.items():
+                if v in ("", None):
+                    row[k] = None
+                elif k in ("step", "epoch"):
+                    row[k] = int(float(v))
+                else:
+                    try:
+                        row[k] = float(v)
+                    except ValueError:
+                        row[k] = v
+            rows.append(row)
+    return rows
+
+
+class TensorBoard:
+    """A ``SummaryWriter`` when tensorboard is installed; otherwise a no-op with one warning."""
+
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # pragma: no cover - tensorboard is in the train extra
+            log.warning("tensorboard is not installed; TensorBoard logs are off (pip install tensorboard)")
+            self.writer = None
+            return
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def scalars(self, step: int, **values: float | None) -> None:
+        if self.writer is None:
+            return
+        for key, value in values.items():
+            if value is not None:
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Progress:
+    """A tqdm bar over optimizer steps on stderr (rank 0 only) with loss, learning rate and images/s."""
+
+    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            unit="step",
+            desc="train",
+            file=sys.stderr,
+            disable=not enabled,
+            dynamic_ncols=True,
+            smoothing=0.05,
+        )
+
+    def update(self, loss: float, lr: float, images_per_s: float) -> None:
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}", refresh=False)
+        self.bar.update(1)
+
+    def write(self, text: str) -> None:
+        self.bar.write(text, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,77 @@
+"""The official optimiser: AdamW over four parameter groups and a OneCycle schedule.
+
+Groups (in this order, as the official ``configure_optimizers``): CLIP parameters without weight decay,
+CLIP parameters with decay, decoder parameters without decay, decoder parameters with decay. A parameter
+gets no decay when it has fewer than 2 dimensions or its name contains ``bn``, ``ln``, ``bias``,
+``logit_scale``, ``pos_queries`` or ``text_embed`` (so LayerNorms, biases, the class embedding, the
+decoders' position queries and character embeddings; CLIP's token and positional embedding tables are
+2-D and *do* decay when trainable, as officially). Frozen parameters are left out. Decoder groups use
+``lr x decoder_lr_factor`` (official ``coef_lr`` = 19) and ``weight_decay x decoder_wd_factor``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import OneCycleLR
+
+from clip4str.train.config import TrainConfig
+
+_NO_DECAY_WORDS = ("bn", "ln", "bias", "logit_scale", "pos_queries", "text_embed")
+GROUP_NAMES = ("clip_no_decay", "clip_decay", "decoder_no_decay", "decoder_decay")
+
+
+def no_weight_decay(name: str, param: nn.Parameter) -> bool:
+    """True for parameters the official rule exempts from weight decay."""
+    return param.ndim < 2 or any(word in name for word in _NO_DECAY_WORDS)
+
+
+def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """Trainable ``(name, parameter)`` pairs of a CLIP4STR model in the four official groups."""
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for g in GROUP_NAMES}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        part = "clip" if name.startswith("clip_model.") else "decoder"
+        local = name[len("clip_model.") :] if part == "clip" else name
+        kind = "no_decay" if no_weight_decay(local, p) else "decay"
+        groups[f"{part}_{kind}"].append((name, p))
+    return groups
+
+
+def peak_learning_rates(cfg: TrainConfig) -> list[float]:
+    """Per-group peak learning rates (OneCycle ``max_lr``), in :data:`GROUP_NAMES` order."""
+    lr = cfg.scaled_lr
+    dec = lr * cfg.optim.decoder_lr_factor
+    return [lr, lr, dec, dec]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW(betas, eps from ``cfg.optim``) over the four groups; lr values are the OneCycle peaks."""
+    o = cfg.optim
+    groups = parameter_groups(model)
+    lrs = peak_learning_rates(cfg)
+    decays = [0.0, o.weight_decay, 0.0, o.weight_decay * o.decoder_wd_factor]
+    param_groups = [
+        {"params": [p for _, p in groups[g]], "lr": lr, "weight_decay": wd, "name": g}
+        for g, lr, wd in zip(GROUP_NAMES, lrs, decays)
+    ]
+    return torch.optim.AdamW(param_groups, lr=lrs[0], betas=tuple(o.betas), eps=o.eps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> OneCycleLR:
+    """OneCycleLR stepped once per optimizer step: warm-up ``warmup_pct`` of ``total_steps``, cosine
+    anneal, no momentum cycling (official settings)."""
+    total_steps = max(total_steps, 2)
+    pct = cfg.optim.warmup_pct
+    if float(pct * total_steps) - 1 == 0:  # torch divides by (warm-up steps - 1): avoid exactly zero
+        pct += 1e-6
+    return OneCycleLR(
+        optimizer,
+        max_lr=peak_learning_rates(cfg),
+        total_steps=total_steps,
+        pct_start=pct,
+        cycle_momentum=False,
+        div_factor=cfg.optim.div_factor,
+        final_div_factor=cfg.optim.final_div_factor,
+    )

@@ -1,0 +1,131 @@
+"""Resume checkpoints: everything needed to continue a run at the same step, written atomically.
+
+A resume checkpoint (``RUN_DIR/checkpoints/last.ckpt``) holds the model, optimizer, scheduler and
+gradient-scaler states, the position in the data (epoch and batch), every rank's RNG states (torch,
+CUDA, numpy, Python and the model's permutation generator), the best validation score so far and the
+training config. It is written to a temporary file in the same folder, flushed to disk, then renamed
+over the old one: a kill at any moment leaves either the previous or the new checkpoint, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clip4str.errors import CheckpointError
+
+STATE_FORMAT = "clip4str-train-state"
+STATE_VERSION = 1
+RESUME_NAME = "last.ckpt"
+
+
+def atomic_write(target: str | Path, write: Callable[[Any], None]) -> Path:
+    """Call ``write(file_object)`` on a temporary sibling of ``target``, fsync, then rename onto it."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        try:  # make the rename itself durable
+            dir_fd = os.open(target.parent, os.O_RDONLY)
+        except OSError:
+            dir_fd = None
+        if dir_fd is not None:
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def save_state(state: dict[str, Any], path: str | Path) -> Path:
+    """Write a resume checkpoint atomically."""
+    payload = {"format": STATE_FORMAT, "version": STATE_VERSION, **state}
+    return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Read a resume checkpoint written by :func:`save_state` (CPU tensors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"resume checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means a damaged or foreign file
+        raise CheckpointError(f"{path}: cannot read the resume checkpoint ({err})") from err
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a clip4str training checkpoint (to fine-tune from a model, use init=checkpoint:PATH)"
+        )
+    if state.get("version") != STATE_VERSION:
+        raise CheckpointError(f"{path}: training checkpoint version {state.get('version')} is not supported")
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ RNG
+# States are stored as tensors and plain Python values so the file loads with ``weights_only=True``.
+def _np_state_to_plain(state: tuple) -> dict[str, Any]:
+    name, keys, pos, has_gauss, gauss = state
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "gauss": float(gauss),
+    }
+
+
+def _np_state_from_plain(d: dict[str, Any]) -> tuple:
+    keys = d["keys"].numpy().astype(np.uint32)
+    return (d["name"], keys, d["pos"], d["has_gauss"], d["gauss"])
+
+
+def capture_rng(perm_rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """This process's RNG states (torch CPU and CUDA, numpy, Python, the model's permutation generator)."""
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": _np_state_to_plain(np.random.get_state()),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    if perm_rng is not None:
+        out["perm_rng"] = perm_rng.bit_generator.state
+    return out
+
+
+def restore_rng(states: dict[str, Any], perm_rng: np.random.Generator | None = None) -> None:
+    """Inverse of :func:`capture_rng`."""
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(_np_state_from_plain(states["numpy"]))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if perm_rng is not None and "perm_rng" in states:
+        perm_rng.bit_generator.state = states["perm_rng"]
+
+
+def seed_process(seed: int, rank: int) -> np.random.Generator:
+    """Seed torch, numpy and Python for ``rank`` and return a permutation generator for the model.
+
+    Ranks get different streams (``seed + rank``), so they draw different permutations and dropout masks.
+    """
+    s = seed + rank
+    torch.manual_seed(s)
+    np.random.seed(s % (1 << 32))
+    random.seed(s)
+    return np.random.default_rng([seed, rank])
