@@ -413,10 +413,8 @@ def convert_str_adapter(
     for key in [k for k in out if k.startswith("visual_decoder.")]:
         out["cross_decoder." + key[len("visual_decoder.") :]] = out[key].clone()
 
-    config = config_from_official(out, hp)
-    embed_dim = config.clip.embed_dim
     if adapter_type == "linear":
-        hidden = out["image_adapter.fc.0.weight"].shape[0]
+        hidden, embed_dim = out["image_adapter.fc.0.weight"].shape
         adapter = AdapterConfig(kind="clip-adapter", ratio=0.2, reduction=embed_dim // hidden)
     elif adapter_type == "ladder":
         n_side = len({k.split(".")[2] for k in out if k.startswith("image_adapter.resblocks.")})
@@ -431,6 +429,7 @@ def convert_str_adapter(
         )
     else:
         adapter = AdapterConfig()
+    config = config_from_official(out, hp)
     config.adapter = adapter
     config.decoding.visual_only = True
     if bool(hp.get("freeze_backbone", True)):
