@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_json())
         return 0
-    cfg.validate(check_paths=True)
+    cfg.validate(check_paths=True, check_init=not args.resume)
     if args.dry_run:
         print(
             f"config OK: {cfg.name}, {cfg.global_batch_size} images/step, peak lr {cfg.scaled_lr:.3g}, "

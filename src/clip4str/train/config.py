@@ -149,8 +149,9 @@ class TrainConfig:
         return text
 
     # -------------------------------------------------------------------------------- validation
-    def validate(self, check_paths: bool = True) -> None:
-        """Raise :class:`ConfigError` naming the first bad value. ``check_paths=False`` skips file checks."""
+    def validate(self, check_paths: bool = True, check_init: bool = True) -> None:
+        """Raise :class:`ConfigError` naming the first bad value. ``check_paths=False`` skips file checks;
+        ``check_init=False`` skips the ``init`` file (a resumed run does not read it)."""
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("accelerator", self.accelerator, ACCELERATORS)
         _check_choice("strategy", self.strategy, STRATEGIES)
@@ -204,7 +205,7 @@ class TrainConfig:
                 "validation labels are encoded with the training charset, so charset_test must be a subset"
             )
         if check_paths:
-            if kind != "random" and not Path(path).exists():
+            if check_init and kind != "random" and not Path(path).exists():
                 raise ConfigError(f"init: {kind} file {path!r} does not exist")
             if not d.train_root:
                 raise ConfigError("data.train_root is empty: give the folder(s) holding the training LMDBs")

@@ -132,7 +132,7 @@ class Trainer:
         progress: bool = True,
         on_step_end: Sequence[Callable[[StepInfo], None]] = (),
     ) -> None:
-        cfg.validate(check_paths=True)
+        cfg.validate(check_paths=True, check_init=not resume)
         run_dir = run_dir_of(cfg)
         ckpt = resume_checkpoint_path(run_dir)
         if resume and not ckpt.is_file():
