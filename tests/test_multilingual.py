@@ -319,3 +319,38 @@ def test_finetune_english_checkpoint_to_vietnamese_reinitialises_charset_tensors
         if name not in expected:
             assert torch.equal(value, sd[name]), name  # backbone and shared decoder weights kept
     assert model.visual_decoder.head.weight.shape[0] == len(CHARSET_VIETNAMESE) + 1
+
+
+def test_clip4str_train_fine_tunes_english_checkpoint_to_vietnamese(tmp_path, bpe_env, caplog):
+    """`clip4str train` with init=checkpoint:<English model> and charset_train=vietnamese: trains on
+    Vietnamese labels (kept under NFC) and names the re-initialised tensors."""
+    pytest.importorskip("clip4str.train.trainer")
+    import logging
+
+    from test_train_support import make_word_lmdb, tiny_config_dict
+
+    from clip4str.checkpoints import load_model, save_model
+    from clip4str.cli import main
+    from clip4str.train.config import load_train_config, resolve_model_config
+
+    data = make_word_lmdb(tmp_path / "vi", [unicodedata.normalize("NFD", w) for w in WORDS])
+    english = tiny_config_dict(tmp_path, data, None)
+    ckpt = save_model(CLIP4STR(resolve_model_config(load_train_config(english))), tmp_path / "en")
+    cfg = tiny_config_dict(
+        tmp_path, data, data, init=f"checkpoint:{ckpt}", charset_train="vietnamese", charset_test="vietnamese"
+    )
+    cfg.update(max_steps=2, batch_size=6, val_every_n_steps=2)
+    (tmp_path / "vi.json").write_text(json.dumps(cfg, ensure_ascii=False), encoding="utf-8")
+    with caplog.at_level(logging.INFO, logger="clip4str.train"):
+        assert main(["train", "--config", str(tmp_path / "vi.json"), "--no-progress"]) == 0
+    text = caplog.text
+    assert "training samples (6)" in text and "validation samples (6," in text  # NFD labels kept as NFC
+    assert "re-initialised for the new charset" in text
+    for name in ("visual_decoder.head.weight", "cross_decoder.text_embed.embedding.weight"):
+        assert name in text
+    run = tmp_path / "run"
+    finals = [p.parent for p in run.rglob("model.safetensors")]
+    assert finals, f"no model saved under {run}"
+    model = load_model(finals[0])
+    assert model.config.charset_train == CHARSET_VIETNAMESE
+    assert model.visual_decoder.head.weight.shape[0] == len(CHARSET_VIETNAMESE) + 1
