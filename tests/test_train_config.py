@@ -100,3 +100,11 @@ def test_cli_print_config_round_trips(capsys) -> None:
     data = json.loads(capsys.readouterr().out)
     assert data["max_steps"] == 7
     assert load_train_config(data).max_steps == 7
+
+
+def test_cli_dry_run_validates_paths(capsys, tmp_path) -> None:
+    ok = ["train", "--config", "tiny", "--set", f"data.train_root={tmp_path}", f"data.val_root={tmp_path}"]
+    assert main([*ok, "--dry-run"]) == 0
+    assert "config OK" in capsys.readouterr().err
+    assert main([*ok, f"data.val_root={tmp_path / 'missing'}", "--dry-run"]) == 1
+    assert "data.val_root: path" in capsys.readouterr().err

@@ -20,9 +20,12 @@ MAX_STEPS = 400
 
 @pytest.fixture(scope="module")
 def learned_run(tmp_path_factory, bpe_path):
-    import os
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLIP4STR_BPE_PATH", str(bpe_path))  # the cross-modal branch tokenizes captions
+        yield _train(tmp_path_factory)
 
-    os.environ.setdefault("CLIP4STR_BPE_PATH", str(bpe_path))
+
+def _train(tmp_path_factory):
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("learn")
     words = make_word_lmdb(tmp / "words", WORDS_64)
