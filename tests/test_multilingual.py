@@ -281,11 +281,12 @@ def test_text_encoder_errors(tmp_path, monkeypatch):
             small_config(text_encoder="mclip", text_encoder_options={"model": str(tmp_path / "no")})
         )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    mclip = variant_config(small_config(), "multilingual-mclip")
+    mclip.text_encoder_options["cache_dir"] = str(tmp_path / "hf")  # an empty cache
     with pytest.raises(
-        ModelNotFoundError, match="offline.*M-CLIP/XLM-Roberta-Large-Vit-B-32|M-CLIP.*offline"
+        ModelNotFoundError, match="'M-CLIP/XLM-Roberta-Large-Vit-B-32' is not available: offline"
     ):
-        build_text_encoder(variant_config(small_config(), "multilingual-mclip"))
+        build_text_encoder(mclip)
     tok_dir = make_char_tokenizer(tmp_path / "tok", "abc")
     bad = {"config": tiny_xlmr_config(5), "tokenizer": str(tok_dir)}  # 7 tokens, 5 embedding rows
     with pytest.raises(ConfigError, match="7 tokens but its embedding table has 5 rows"):
