@@ -63,3 +63,18 @@ def test_val_subset_shards_without_duplicates() -> None:
     assert sorted(sum(shards, [])) == data
     few = sorted(sum((list(val_subset(data, 5, 2, r)) for r in range(2)), []))
     assert len(few) == 5 and few[0] == 0 and few[-1] == 10
+
+
+def test_validation_totals_add_across_ranks_like_one_pass() -> None:
+    from clip4str.train.metrics import EvalTotals
+
+    preds, gts = ["abc", "ab", "", "xyz"], ["abc", "abd", "", "xy"]
+    whole = EvalTotals()
+    whole.add(preds, gts, loss=0.5, numel=10)
+    a, b = EvalTotals(), EvalTotals()
+    a.add(preds[:1], gts[:1], loss=0.2, numel=4)
+    b.add(preds[1:], gts[1:], loss=0.7, numel=6)
+    merged = EvalTotals.from_list([x + y for x, y in zip(a.as_list(), b.as_list())])
+    assert merged.accuracy == whole.accuracy == 50.0
+    assert merged.one_minus_ned == whole.one_minus_ned == 100 * (1 - (1 / 3 + 1 / 3) / 4)
+    assert merged.loss == (0.2 * 4 + 0.7 * 6) / 10

@@ -2,7 +2,8 @@
 
 NED follows the ICDAR 2019 definition used there: ``edit_distance(pred, gt) / max(len(pred), len(gt))``,
 averaged over samples; 1 - NED is reported. Predictions pass through the test-charset adapter before the
-comparison (done by the caller). Kept minimal: the benchmark runner lives in ``clip4str.evaluate``.
+comparison (done by the caller). The distance functions are :mod:`clip4str.evaluate`'s; this module only
+adds sums that can be added across ranks.
 """
 
 from __future__ import annotations
@@ -10,29 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-try:  # rapidfuzz is part of the ``train`` extra; the fallback keeps this module importable without it
-    from rapidfuzz.distance import Levenshtein as _Levenshtein
-except ImportError:  # pragma: no cover - exercised only without rapidfuzz
-    _Levenshtein = None
+from clip4str.evaluate import edit_distance, normalized_edit_distance
 
-
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (unit costs) between two strings."""
-    if _Levenshtein is not None:
-        return int(_Levenshtein.distance(a, b))
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def normalized_edit_distance(pred: str, gt: str) -> float:
-    """``edit_distance / max(len(pred), len(gt))``; 0 when both are empty."""
-    longest = max(len(pred), len(gt))
-    return edit_distance(pred, gt) / longest if longest else 0.0
+__all__ = ["EvalTotals", "edit_distance", "normalized_edit_distance"]
 
 
 @dataclass
