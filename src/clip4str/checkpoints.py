@@ -317,7 +317,12 @@ def load_model(
     """
     sd, hparams, config = read_checkpoint(path)
     if config is None:
-        config = config_from_official(sd, hparams)
+        from clip4str.model.peft import convert_str_adapter, is_str_adapter_state_dict
+
+        if is_str_adapter_state_dict(sd):  # the official single-branch STRAdapter models
+            config, sd = convert_str_adapter(sd, hparams)
+        else:
+            config = config_from_official(sd, hparams)
     if overrides:
         items = overrides.items() if isinstance(overrides, Mapping) else None
         texts = [f"{k}={json.dumps(v)}" for k, v in items] if items is not None else list(overrides)
@@ -325,7 +330,11 @@ def load_model(
             config = apply_overrides(config, texts)
         except ConfigError as err:
             raise CheckpointError(f"{path}: {err}") from err
-    model = CLIP4STR(config)
+    # Every tensor comes from the file: a pretrained text encoder need not be read first.
+    from clip4str.model.text_encoders import no_pretrained_weights
+
+    with no_pretrained_weights():
+        model = CLIP4STR(config)
     load_state_dict_strict(
         model, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, str(path)
     )

@@ -311,19 +311,56 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _field_hints(cls: Any) -> dict[str, Any] | None:
+    """Field name → type hint for a dataclass type; None for anything else."""
+    if dataclasses.is_dataclass(cls) and isinstance(cls, type):
+        return typing.get_type_hints(cls)
+    return None
+
+
+def merge_dict(cls: type, base: dict[str, Any], update: dict[str, Any], where: str = "") -> None:
+    """Merge ``update`` into ``base`` (the ``to_dict`` form of dataclass ``cls``) in place.
+
+    Nested config sections merge key by key and unknown keys raise :class:`ConfigError`; free-form mapping
+    fields (``dict[str, Any]``, e.g. ``adapter.options``) are replaced whole.
+    """
+    hints = _field_hints(cls) or {}
+    for key, value in update.items():
+        here = f"{where}.{key}" if where else key
+        if key not in hints:
+            raise ConfigError(f"unknown config key {here!r}; valid keys here: {', '.join(sorted(hints))}")
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = to_dict(value)
+        section = _field_hints(hints[key])
+        if section is not None and isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge_dict(hints[key], base[key], value, here)
+        else:
+            base[key] = value
+
+
 def apply_overrides(cfg: T, overrides: list[str]) -> T:
-    """Return a copy of dataclass ``cfg`` with ``key.sub=value`` overrides applied and type-checked."""
+    """Return a copy of dataclass ``cfg`` with ``key.sub=value`` overrides applied and type-checked.
+
+    Keys inside free-form mapping fields (e.g. ``text_encoder_options.model=...``) may be new.
+    """
     data = to_dict(cfg)
     for text in overrides:
         path, value = parse_override(text)
-        node = data
+        node: dict[str, Any] = data
+        hints = _field_hints(type(cfg))
         for i, part in enumerate(path[:-1]):
-            if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+            if hints is None:  # inside a free-form mapping: create levels as needed
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override {text!r}: {'.'.join(path[: i + 1])} is not a mapping")
+                continue
+            if part not in hints or not isinstance(node.get(part), dict):
                 raise ConfigError(f"override {text!r}: {'.'.join(path[: i + 1])} is not a config section")
             node = node[part]
-        if path[-1] not in node:
+            hints = _field_hints(hints[part])
+        if hints is not None and path[-1] not in hints:
             raise ConfigError(
-                f"override {text!r}: unknown key {'.'.join(path)}; valid keys here: {', '.join(sorted(node))}"
+                f"override {text!r}: unknown key {'.'.join(path)}; valid keys here: {', '.join(sorted(hints))}"
             )
         node[path[-1]] = value
     return from_dict(type(cfg), data)

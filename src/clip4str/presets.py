@@ -15,7 +15,6 @@ OpenAI shapes, so ``vit-b16`` also describes the DataComp-1B B/16 release.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import re
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from clip4str.config import (
     TextConfig,
     VisionConfig,
     from_dict,
+    merge_dict,
     to_dict,
 )
 
@@ -180,19 +180,6 @@ def preset_names() -> list[str]:
     return list(MODEL_PRESETS)
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any], where: str) -> None:
-    for key, value in update.items():
-        here = f"{where}.{key}" if where else key
-        if key not in base:
-            raise ConfigError(f"unknown config key {here!r}; valid keys here: {', '.join(sorted(base))}")
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            value = to_dict(value)
-        if isinstance(base[key], dict) and isinstance(value, dict):
-            _merge(base[key], value, here)
-        else:
-            base[key] = value
-
-
 def model_preset(name: str, **overrides: Any) -> ModelConfig:
     """The :class:`ModelConfig` of preset ``name`` with ``overrides`` applied.
 
@@ -215,5 +202,5 @@ def model_preset(name: str, **overrides: Any) -> ModelConfig:
     if not overrides:
         return cfg
     data = to_dict(cfg)
-    _merge(data, overrides, "")
+    merge_dict(ModelConfig, data, overrides, "")
     return from_dict(ModelConfig, data)
