@@ -134,8 +134,8 @@ class CLIP4STR(nn.Module):
 
         * ``text_freeze_layers`` N > 0: the first N text blocks with the token and position embeddings (the
           official default, N = 6); -1: the whole text tower, ``ln_final`` and ``text_projection`` included.
-        * ``image_freeze_layers`` N > 0: the first N image blocks with the patch/class/position embeddings and
-          ``ln_pre``; -1: the whole image tower, ``ln_post`` and ``proj`` included.
+        * ``image_freeze_layers`` N > 0: the first N image blocks with the class and position embeddings (the
+          official choice: ``conv1`` and ``ln_pre`` keep training); -1: the whole image tower.
         * ``freeze_token_embeddings``: the text token embedding alone (a strategy of the paper's PEFT study).
         """
         cfg = self.config
@@ -145,9 +145,13 @@ class CLIP4STR(nn.Module):
         text_stem = [clip.token_embedding.weight, clip.positional_embedding]
         text_head = [clip.ln_final.weight, clip.ln_final.bias, clip.text_projection]
         visual = clip.visual
-        image_stem = [visual.conv1.weight, visual.class_embedding, visual.positional_embedding]
-        image_stem += list(visual.ln_pre.parameters())
-        image_head = [*visual.ln_post.parameters(), visual.proj]
+        image_stem = [visual.class_embedding, visual.positional_embedding]
+        image_head = [
+            visual.conv1.weight,
+            *visual.ln_pre.parameters(),
+            *visual.ln_post.parameters(),
+            visual.proj,
+        ]
         for n_layers, stem, blocks, head in (
             (cfg.text_freeze_layers, text_stem, clip.transformer.resblocks, text_head),
             (cfg.image_freeze_layers, image_stem, visual.transformer.resblocks, image_head),

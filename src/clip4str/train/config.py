@@ -28,6 +28,7 @@ from clip4str.config import (
     ConfigError,
     ModelConfig,
     from_dict,
+    merge_dict,
     parse_override,
     to_dict,
 )
@@ -255,17 +256,6 @@ def parse_init(init: str) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------------------------------ model config
-def _merge_strict(base: dict[str, Any], update: dict[str, Any], where: str) -> None:
-    for key, value in update.items():
-        here = f"{where}.{key}"
-        if key not in base:
-            raise ConfigError(f"unknown config key {here!r}; valid keys here: {', '.join(sorted(base))}")
-        if isinstance(base[key], dict) and isinstance(value, dict):
-            _merge_strict(base[key], value, here)
-        else:
-            base[key] = value
-
-
 def resolve_model_config(cfg: TrainConfig, base: ModelConfig | None = None) -> ModelConfig:
     """The :class:`ModelConfig` to train: ``base`` (default: ``cfg.model_preset``) with ``cfg.model``
     merged on top, the charsets resolved, and the training normalisation recorded in ``preprocess``.
@@ -277,7 +267,7 @@ def resolve_model_config(cfg: TrainConfig, base: ModelConfig | None = None) -> M
     data = to_dict(base)
     if not isinstance(cfg.model, dict):
         raise ConfigError(f"model must be a mapping of ModelConfig fields, got {type(cfg.model).__name__}")
-    _merge_strict(data, cfg.model, "model")
+    merge_dict(ModelConfig, data, cfg.model, "model")
     for key in ("charset_train", "charset_test"):
         spec = getattr(cfg, key)
         if spec is not None:

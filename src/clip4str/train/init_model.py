@@ -73,6 +73,9 @@ def _from_clip(cfg: TrainConfig, path: str) -> tuple[CLIP4STR, InitReport]:
         model.clip_model.load_state_dict(weights, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: does not fit the CLIP tower inferred from it: {err}") from err
+    init_side = getattr(model.image_adapter, "init_from_backbone", None)
+    if init_side is not None and model_cfg.adapter.reduction == 1:
+        init_side(model.clip_model.visual)  # a full-width ladder starts as a copy of the backbone
     return model.train(), InitReport(f"CLIP weights {path}")
 
 
@@ -85,6 +88,10 @@ def _from_checkpoint(cfg: TrainConfig, path: str) -> tuple[CLIP4STR, InitReport]
     model = CLIP4STR(model_cfg)
     reinit = transfer_weights(model, sd, base, model_cfg, str(path))
     return model.train(), InitReport(f"checkpoint {path}", reinit)
+
+
+# Parts a fine-tuning run may add to a checkpoint that lacks them (they start from their own init).
+_ADDED_PARTS = ("image_adapter.", "text_encoder.")
 
 
 def transfer_weights(
@@ -106,6 +113,9 @@ def transfer_weights(
             reinit.append(name)
             continue
         value = state_dict.get(name)
+        if value is None and name.startswith(_ADDED_PARTS):
+            reinit.append(name)  # an adapter or text encoder added to a model trained without it
+            continue
         if value is None:
             problems.append(f"{name} missing")
         elif value.shape != target.shape:
@@ -134,7 +144,7 @@ def parameter_summary(model: nn.Module) -> str:
         "cross_decoder": "cross-modal decoder",
     }
     rows: dict[str, list[int]] = {label: [0, 0] for label in parts.values()}
-    rows["other"] = [0, 0]
+    rows.update({"image adapter": [0, 0], "other text encoder": [0, 0], "other": [0, 0]})
     for name, p in model.named_parameters():
         if name.startswith("clip_model.visual."):
             key = "image encoder"
@@ -144,6 +154,10 @@ def parameter_summary(model: nn.Module) -> str:
             key = "visual decoder"
         elif name.startswith("cross_decoder."):
             key = "cross-modal decoder"
+        elif name.startswith("image_adapter."):
+            key = "image adapter"
+        elif name.startswith("text_encoder."):
+            key = "other text encoder"
         else:
             key = "other"
         rows[key][0] += p.numel()

@@ -32,8 +32,13 @@ def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        part = "clip" if name.startswith("clip_model.") else "decoder"
-        local = name[len("clip_model.") :] if part == "clip" else name
+        # Backbone-rate parts: CLIP, the image adapter (the official ladder uses the base rate) and another
+        # text encoder except its new output projection; everything else learns at the decoder rate.
+        backbone = name.startswith(("clip_model.", "image_adapter.")) or (
+            name.startswith("text_encoder.") and not name.startswith("text_encoder.proj")
+        )
+        part = "clip" if backbone else "decoder"
+        local = name.split(".", 1)[1] if backbone else name
         kind = "no_decay" if no_weight_decay(local, p) else "decay"
         groups[f"{part}_{kind}"].append((name, p))
     return groups
