@@ -150,3 +150,13 @@ def test_cli_read_missing_path_and_bad_model(ckpt, tmp_path, capsys):
     Image.new("RGB", (20, 10)).save(img)
     assert main(["read", "--model", str(tmp_path / "nope.ckpt"), str(img)]) == 1
     assert "nope.ckpt" in capsys.readouterr().err
+
+
+def test_compile_option_reaches_the_model(ckpt, monkeypatch):
+    from clip4str.model.clip4str import CLIP4STR
+
+    calls = []
+    monkeypatch.setattr(CLIP4STR, "enable_compile", lambda self, *a, **k: calls.append(self))
+    reader = clip4str.load(ckpt, compile=True)
+    assert calls == [reader.model]
+    assert clip4str.load(ckpt).model is not None and len(calls) == 1

@@ -48,6 +48,8 @@ class Recognizer:
             in the official evaluation); None keeps the checkpoint's.
         batch_size: images per forward pass in :meth:`read`.
         precision: 'fp32', 'bf16' or 'fp16' (autocast; fp16 only on CUDA).
+        compile: ``torch.compile`` the encoder and the decoding step (pays on GPUs for large runs; the first
+            batch of each size compiles, which takes minutes on a CPU).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class Recognizer:
         charset_test: str | None = None,
         batch_size: int = 32,
         precision: str = "fp32",
+        compile: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -81,6 +84,8 @@ class Recognizer:
             raise ValueError(f"refine_iters must be >= 0, got {self.refine_iters}")
         self.batch_size = batch_size
         self.precision = precision
+        if compile:
+            self.model.enable_compile()
 
     @property
     def config(self):
@@ -203,6 +208,7 @@ def load(
     charset_test: str | None = None,
     batch_size: int = 32,
     precision: str = "fp32",
+    compile: bool = False,
     overrides: list[str] | dict[str, Any] | None = None,
     cache_dir: str | Path | None = None,
     offline: bool | None = None,
@@ -213,7 +219,8 @@ def load(
         name_or_path: a release name (``clip4str-base``, ``clip4str-large``, ``clip4str-huge``, ... see
             ``clip4str models``), an official ``.ckpt``/``.pt`` file, or a clip4str model folder/safetensors.
             Default: the best released B/16.
-        device, mode, refine_iters, visual_only, charset_test, batch_size, precision: see :class:`Recognizer`.
+        device, mode, refine_iters, visual_only, charset_test, batch_size, precision, compile: see
+            :class:`Recognizer`.
         overrides: config changes applied before building (e.g. ``{'decoder.num_heads': 4}``).
         cache_dir, offline: download cache and offline mode (default: the Hugging Face cache and
             ``HF_HUB_OFFLINE``).
@@ -241,4 +248,5 @@ def load(
         charset_test=charset_test,
         batch_size=batch_size,
         precision=precision,
+        compile=compile,
     )

@@ -26,6 +26,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--visual-only", action="store_true", help="use the visual branch alone")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (for long GPU runs)")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -48,6 +49,7 @@ def load_recognizer(args: argparse.Namespace):
         visual_only=args.visual_only or None,
         batch_size=args.batch_size,
         precision=args.precision,
+        compile=args.compile,
         overrides=args.overrides or None,
         charset_test=getattr(args, "charset_test", None),
     )
