@@ -82,7 +82,9 @@ def test_own_format_round_trip(golden_dir, tmp_path):
     assert json.loads((out / "config.json").read_text())["decoder"]["num_heads"] == 4
 
 
-def test_omegaconf_like_hyper_parameters_are_read_without_running_code(golden_dir, golden_sd, tmp_path, capfd):
+def test_omegaconf_like_hyper_parameters_are_read_without_running_code(
+    golden_dir, golden_sd, tmp_path, capfd
+):
     """A Lightning file whose hyper-parameters are pickled objects loads; their classes are never imported."""
     ckpt = torch.load(golden_dir / "clip4str_tiny.ckpt", weights_only=True)
 
