@@ -13,6 +13,7 @@ from clip4str.clip.model import (
     CLIP,
     LayerNorm,
     MultiheadSelfAttention,
+    ResidualAttentionBlock,
     infer_clip_config,
     round_like_official_fp16,
 )
@@ -338,3 +339,18 @@ def test_default_init_is_sane():
     with torch.no_grad():
         out = model.eval().encode_image_tokens(torch.randn(2, 3, 32, 32))
     assert torch.isfinite(out).all() and out.std() > 0
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_folded_quick_gelu_mlp_equals_the_plain_one(grad):
+    torch.manual_seed(0)
+    block = perturbed(ResidualAttentionBlock(64, 2, "quick_gelu"))
+    x = torch.randn(3, 50, 64, requires_grad=grad)  # 150 tokens > 2 x width: the folded path
+    with torch.set_grad_enabled(grad):
+        folded = block.feed_forward(x)
+        plain = block.mlp(x)
+    torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-6)
+    if grad:
+        (g_folded,) = torch.autograd.grad(folded.sum(), x)
+        (g_plain,) = torch.autograd.grad(plain.sum(), x)
+        torch.testing.assert_close(g_folded, g_plain, rtol=1e-5, atol=1e-6)

@@ -217,7 +217,7 @@ def test_load_clip_model_from_torchscript_matches_the_archive(golden_dir):
     images = torch.load(golden_dir / "inputs" / "inputs.pt", weights_only=True)["images_norm05"][:2]
     with torch.no_grad():
         torch.testing.assert_close(
-            model.encode_image_tokens(images), jit.encode_image(images), rtol=0, atol=0
+            model.encode_image_tokens(images), jit.encode_image(images), rtol=1e-5, atol=1e-5
         )
 
 

@@ -27,6 +27,32 @@ class ConfigError(ValueError):
     """A configuration value is unknown, mistyped or inconsistent; the message names it."""
 
 
+class JsonConfig:
+    """JSON round trip of a config dataclass (strict: unknown keys and mistyped values raise)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """The config as indented JSON, also written to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+        if path is not None:
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        return from_dict(cls, data)
+
+    @classmethod
+    def from_json(cls: type[T], path_or_text: str | Path) -> T:
+        """From a JSON string or a path to a JSON file."""
+        text = str(path_or_text)
+        if not text.lstrip().startswith("{"):
+            text = Path(path_or_text).read_text(encoding="utf-8")
+        return cls.from_dict(json.loads(text))  # type: ignore[attr-defined]
+
+
 @dataclass
 class VisionConfig:
     """ViT image tower. ``image_size // patch_size`` patches per side, plus one class token."""
@@ -139,7 +165,7 @@ class AdapterConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(JsonConfig):
     """Everything needed to rebuild a CLIP4STR model and its preprocessing from weights alone."""
 
     clip: CLIPConfig = field(default_factory=CLIPConfig)
@@ -183,26 +209,6 @@ class ModelConfig:
     @property
     def resolved_charset_test(self) -> str:
         return self.charset_train if self.charset_test is None else self.charset_test
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
-        if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
-        return text
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return from_dict(cls, data)
-
-    @classmethod
-    def from_json(cls, path_or_text: str | Path) -> ModelConfig:
-        text = str(path_or_text)
-        if not text.lstrip().startswith("{"):
-            text = Path(path_or_text).read_text(encoding="utf-8")
-        return cls.from_dict(json.loads(text))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ __all__ = [
     "LayerNorm",
     "QuickGELU",
     "MultiheadSelfAttention",
+    "PackedMultiheadAttention",
     "ResidualAttentionBlock",
     "Transformer",
     "VisionTransformer",
@@ -46,11 +47,14 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
+QUICK_GELU_SCALE = 1.702
+
+
 class QuickGELU(nn.Module):
     """``x * sigmoid(1.702 x)``: the activation every official CLIP4STR backbone uses."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        return x * torch.sigmoid(QUICK_GELU_SCALE * x)
 
 
 def _activation(name: str) -> nn.Module:
@@ -61,11 +65,9 @@ def _activation(name: str) -> nn.Module:
     raise ValueError(f"unknown CLIP activation {name!r}; expected 'quick_gelu' or 'gelu'")
 
 
-class MultiheadSelfAttention(nn.Module):
-    """Self-attention with ``nn.MultiheadAttention``'s packed parameters (``in_proj_weight`` (3W, W),
-    ``in_proj_bias`` (3W,), ``out_proj``), contiguous head split, computed by
-    ``scaled_dot_product_attention``.
-    """
+class PackedMultiheadAttention(nn.Module):
+    """Parameters of multi-head attention as ``nn.MultiheadAttention`` packs them: ``in_proj_weight``
+    (3W, W) and ``in_proj_bias`` (3W,) for q, k, v, then ``out_proj``; heads split contiguously."""
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
@@ -78,6 +80,10 @@ class MultiheadSelfAttention(nn.Module):
         self.out_proj = nn.Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
+
+
+class MultiheadSelfAttention(PackedMultiheadAttention):
+    """Self-attention computed by ``scaled_dot_product_attention``."""
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, causal: bool = False) -> Tensor:
         """x: (N, L, W) → (N, L, W). ``attn_mask``: additive float or boolean (True = attend) (L, L) mask;
@@ -115,7 +121,22 @@ class ResidualAttentionBlock(nn.Module):
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, causal: bool = False) -> Tensor:
         """x: (N, L, W) → (N, L, W)."""
         x = x + self.attn(self.ln_1(x), attn_mask=attn_mask, causal=causal)
-        return x + self.mlp(self.ln_2(x))
+        return x + self.feed_forward(self.ln_2(x))
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        """The MLP, (N, L, W) → (N, L, W).
+
+        QuickGELU(h) = h·σ(1.702h) = silu(1.702h) / 1.702, so both constants can be folded into the two
+        linear layers: one fused activation pass over the (N, L, 4W) hidden tensor instead of three. Scaling
+        the weights costs about two passes over (4W, W), so it is done only when the hidden tensor is larger.
+        """
+        fc, proj = self.mlp.c_fc, self.mlp.c_proj
+        tokens = x.numel() // x.shape[-1]
+        if not isinstance(self.mlp.gelu, QuickGELU) or tokens <= 2 * x.shape[-1]:
+            return self.mlp(x)
+        hidden = F.linear(x, fc.weight * QUICK_GELU_SCALE, fc.bias * QUICK_GELU_SCALE)
+        hidden = F.silu(hidden, inplace=not torch.is_grad_enabled())
+        return F.linear(hidden, proj.weight * (1.0 / QUICK_GELU_SCALE), proj.bias)
 
 
 class Transformer(nn.Module):

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clip4str.clip.model import PackedMultiheadAttention
+
 
 def additive_mask(
     attn_mask: Tensor | None, key_padding_mask: Tensor | None, dtype: torch.dtype
@@ -28,34 +30,27 @@ def additive_mask(
     return mask
 
 
-class MultiheadAttention(nn.Module):
-    """Multi-head attention with packed q/k/v input projection (``in_proj_weight``: 3E × E), as nn.MHA.
+class MultiheadAttention(PackedMultiheadAttention):
+    """Attention of queries over keys/values from any sequence, with attention dropout (packed parameters
+    as ``nn.MultiheadAttention``). The key/value projection (:meth:`project_kv`) can be computed once and
+    reused across decoding steps.
 
     Inputs are batch-first: query (N, L, E), key/value (N, S, E). ``mask`` is additive, broadcastable to
     (N, heads, L, S).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
-        self.embed_dim = embed_dim
-        self.num_heads = num_heads
+        super().__init__(embed_dim, num_heads)
         self.head_dim = embed_dim // num_heads
         self.dropout = dropout
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
-        nn.init.xavier_uniform_(self.in_proj_weight)
-        nn.init.zeros_(self.out_proj.bias)
 
     def _split(self, x: Tensor) -> Tensor:
         n, s, _ = x.shape
-        return x.view(n, s, self.num_heads, self.head_dim).transpose(1, 2)
+        return x.view(n, s, self.heads, self.head_dim).transpose(1, 2)
 
     def project_kv(self, key: Tensor, value: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Key/value projections split into heads: two (N, heads, S, head_dim) tensors."""
-        e = self.embed_dim
+        e = self.width
         w, b = self.in_proj_weight, self.in_proj_bias
         if value is None or value is key:
             k, v = F.linear(key, w[e:], b[e:]).chunk(2, dim=-1)
@@ -66,7 +61,7 @@ class MultiheadAttention(nn.Module):
 
     def attend(self, query: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         """Attention of (N, L, E) queries over projected heads ``k``, ``v`` → (N, L, E)."""
-        e = self.embed_dim
+        e = self.width
         q = self._split(F.linear(query, self.in_proj_weight[:e], self.in_proj_bias[:e]))
         dropout = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)

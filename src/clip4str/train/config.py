@@ -26,6 +26,7 @@ from clip4str.config import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
     ConfigError,
+    JsonConfig,
     ModelConfig,
     from_dict,
     merge_dict,
@@ -86,7 +87,7 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """One training run. See ``docs/training.md`` for every field."""
 
     name: str = "clip4str"
@@ -139,15 +140,6 @@ class TrainConfig:
         if self.optim.lr_scaling == "none":
             return self.optim.lr
         return self.optim.lr * self.global_batch_size / LR_REFERENCE_BATCH
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
-        if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
-        return text
 
     # -------------------------------------------------------------------------------- validation
     def validate(self, check_paths: bool = True, check_init: bool = True) -> None:
