@@ -160,3 +160,13 @@ def test_compile_option_reaches_the_model(ckpt, monkeypatch):
     reader = clip4str.load(ckpt, compile=True)
     assert calls == [reader.model]
     assert clip4str.load(ckpt).model is not None and len(calls) == 1
+
+
+def test_unusable_devices_give_one_clear_error(ckpt, image_paths, capsys):
+    with pytest.raises(ValueError, match="unknown device 'foo'"):
+        clip4str.load(ckpt, device="foo")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cpu"):
+            clip4str.load(ckpt, device="cuda")
+        assert main(["read", "--model", str(ckpt), "--device", "cuda:1", str(image_paths[0])]) == 1
+        assert "no CUDA GPU" in capsys.readouterr().err

@@ -39,3 +39,19 @@ def test_cli_help_lists_the_commands():
     ).stdout
     for command in ("read", "models"):
         assert command in out
+
+
+def test_cli_version_and_subcommand_usage_on_bad_flags(capsys):
+    import pytest
+
+    from clip4str import __version__
+    from clip4str.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert __version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["lmdb", "create", "--labels", "x", "--out", "y", "--images-dir", "z"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: clip4str lmdb create" in err and "--images-dir" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from clip4str.cli import main
 from clip4str.config import ConfigError
@@ -108,3 +109,28 @@ def test_cli_dry_run_validates_paths(capsys, tmp_path) -> None:
     assert "config OK" in capsys.readouterr().err
     assert main([*ok, f"data.val_root={tmp_path / 'missing'}", "--dry-run"]) == 1
     assert "data.val_root: path" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_recipe_on_a_cpu_machine_fails_before_work(tmp_path) -> None:
+    cfg = load_train_config(
+        "vit-b16-real", [f"data.train_root={tmp_path}", f"data.val_root={tmp_path}", "init=random"]
+    )
+    with pytest.raises(ConfigError, match="accelerator='gpu'.*accelerator=cpu"):
+        cfg.validate()
+    cpu = load_train_config(
+        "vit-b16-real",
+        [f"data.train_root={tmp_path}", f"data.val_root={tmp_path}", "init=random", "accelerator=cpu"],
+    )
+    with pytest.raises(ConfigError, match="16-mixed"):
+        cpu.validate()
+    load_train_config(
+        "vit-b16-real",
+        [
+            f"data.train_root={tmp_path}",
+            f"data.val_root={tmp_path}",
+            "init=random",
+            "accelerator=cpu",
+            "precision=bf16-mixed",
+        ],
+    ).validate()

@@ -68,7 +68,7 @@ class Recognizer:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        self.device = torch.device(device)
+        self.device = check_device(device)
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' on CPU")
         self.model = model.to(self.device).eval()
@@ -177,6 +177,28 @@ class Recognizer:
             return
         preds = self.predictions_from_logits(self.logits(torch.stack([t for _, t in batch])))
         yield from zip([p for p, _ in batch], preds)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, or ValueError saying why it cannot be used on this machine."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {str(device)!r}: use cpu, cuda, cuda:N or mps") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {str(device)!r}: no CUDA GPU is usable here (torch {torch.__version__}); use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {str(device)!r} is not supported: use cpu, cuda, cuda:N or mps")
+    return dev
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn, items: Iterable[Any], window: int) -> Iterator[Any]:

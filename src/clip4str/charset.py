@@ -57,7 +57,10 @@ def resolve_charset(spec: str) -> str:
     seen: set[str] = set()
     repeated = sorted({c for c in text if c in seen or seen.add(c)})  # type: ignore[func-returns-value]
     if repeated:
-        raise ValueError(f"charset repeats character(s) {''.join(repeated)!r}")
+        raise ValueError(
+            f"charset {spec[:40]!r} is not a preset ({', '.join(sorted(PRESETS))}) or an existing file, and "
+            f"as a list of characters it repeats {''.join(repeated)!r}"
+        )
     return text
 
 

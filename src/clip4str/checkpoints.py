@@ -167,7 +167,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     except CheckpointError:
         raise
     except Exception as err:  # noqa: BLE001 - any failure to parse means a damaged file
-        raise CheckpointError(f"{path} could not be read (truncated or damaged?): {err}") from err
+        raise CheckpointError(
+            f"{path} could not be read: the file is truncated or damaged (re-download or re-save it); {err}"
+        ) from err
     if isinstance(obj, torch.jit.RecursiveScriptModule) or not isinstance(obj, Mapping):
         raise CheckpointError(
             f"{path} holds a {type(obj).__name__}, not a state dict or Lightning checkpoint"

@@ -21,6 +21,7 @@ T = TypeVar("T")
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HALF_MEAN_STD = (0.5, 0.5, 0.5)
+ADAPTER_KINDS = ("none", "clip-adapter", "ladder")
 
 
 class ConfigError(ValueError):
@@ -162,6 +163,14 @@ class AdapterConfig:
     ratio: float = 0.2
     reduction: int = 4
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ADAPTER_KINDS:
+            raise ConfigError(f"adapter.kind must be one of {', '.join(ADAPTER_KINDS)}, got {self.kind!r}")
+        if not 0.0 <= self.ratio <= 1.0:
+            raise ConfigError(f"adapter.ratio must be in [0, 1], got {self.ratio}")
+        if self.reduction < 1:
+            raise ConfigError(f"adapter.reduction must be >= 1, got {self.reduction}")
 
 
 @dataclass

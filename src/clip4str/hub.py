@@ -12,11 +12,13 @@ are in ``docs/models.md``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
 import hashlib
 import inspect
+import logging
 import os
 import re
 import sys
@@ -24,7 +26,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -473,6 +475,18 @@ def _hf_takes_tqdm_class() -> bool:
     return "tqdm_class" in inspect.signature(file_download.hf_hub_download).parameters
 
 
+@contextlib.contextmanager
+def quiet_hub_retries() -> Iterator[None]:
+    """Silence huggingface_hub's per-retry warnings: when a download fails, our own error says what to do."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _download_hf(rel: Release, cache_dir: str | Path | None, progress: bool) -> Path:
     import huggingface_hub
 
@@ -486,7 +500,8 @@ def _download_hf(rel: Release, cache_dir: str | Path | None, progress: bool) -> 
                 super().__init__(*args, **kw)
 
         kwargs["tqdm_class"] = _Silent
-    return Path(huggingface_hub.hf_hub_download(rel.location, rel.filename, **kwargs))
+    with quiet_hub_retries():
+        return Path(huggingface_hub.hf_hub_download(rel.location, rel.filename, **kwargs))
 
 
 def _check_hf_blob(rel: Release, path: Path) -> None:

@@ -160,7 +160,10 @@ def find_bpe_vocab(bpe_path: str | os.PathLike[str] | None = None, download: boo
         elif _offline():
             hf_reason = "HF_HUB_OFFLINE is set"
         else:
-            return Path(huggingface_hub.hf_hub_download(HF_REPO_ID, HF_MERGES_FILENAME))
+            from clip4str.hub import quiet_hub_retries
+
+            with quiet_hub_retries():
+                return Path(huggingface_hub.hf_hub_download(HF_REPO_ID, HF_MERGES_FILENAME))
     except Exception as err:  # no network, hub error, ...
         hf_reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
     looked.append(f"download of {HF_REPO_ID}/{HF_MERGES_FILENAME} from huggingface.co: {hf_reason}")

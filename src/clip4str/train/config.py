@@ -206,6 +206,30 @@ class TrainConfig(JsonConfig):
                 for root in roots:
                     if not Path(root).exists():
                         raise ConfigError(f"{key}: path {root!r} does not exist")
+            self._check_machine()
+
+    def _check_machine(self) -> None:
+        """The accelerator and precision must exist on this machine (checked before any work starts)."""
+        import torch
+
+        fix = "e.g. --set accelerator=cpu precision=32-true (or bf16-mixed)"
+        if self.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ConfigError(
+                f"accelerator={self.accelerator!r} but this machine has no usable CUDA GPU (torch "
+                f"{torch.__version__}); run on a GPU machine or train on the CPU: {fix}"
+            )
+        if self.accelerator == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError(f"accelerator='mps' but MPS is not available here; {fix}")
+        on_cpu = self.accelerator == "cpu" or (self.accelerator == "auto" and not torch.cuda.is_available())
+        if on_cpu and self.precision == "16-mixed":
+            raise ConfigError(
+                "precision='16-mixed' (fp16) needs a GPU; on the CPU use precision=32-true or bf16-mixed"
+            )
+        if self.accelerator in ("gpu", "cuda") and torch.cuda.device_count() < self.devices:
+            raise ConfigError(
+                f"devices={self.devices} but this machine has {torch.cuda.device_count()} CUDA GPU(s); "
+                "set devices to at most that number (effective_batch_size keeps the recipe's batch)"
+            )
 
     def _check_batch_arithmetic(self) -> None:
         per_micro_step = self.world_size * self.batch_size
@@ -270,10 +294,7 @@ def resolve_model_config(cfg: TrainConfig, base: ModelConfig | None = None) -> M
     if "preprocess" not in cfg.model or not {"mean", "std"} & set(cfg.model.get("preprocess", {})):
         stats = (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD) if cfg.data.openai_meanstd else (HALF_MEAN_STD,) * 2
         data["preprocess"]["mean"], data["preprocess"]["std"] = list(stats[0]), list(stats[1])
-    try:
-        model_cfg = from_dict(ModelConfig, data, prefix="model")
-    except ConfigError as err:
-        raise ConfigError(f"model: {err}") from err
+    model_cfg = from_dict(ModelConfig, data, prefix="model")
     size = model_cfg.clip.vision.image_size
     if tuple(model_cfg.preprocess.image_size) != (size, size):
         raise ConfigError(

@@ -187,8 +187,7 @@ def _run(fabric: Any, trainer: Trainer) -> TrainResult:  # noqa: C901 - the loop
     def say(text: str) -> None:
         if is_main:
             log.info(text)
-            if trainer.progress:
-                fabric.print(text)
+            fabric.print(text)
 
     state = load_state(ckpt_path) if trainer.resume else None
 
