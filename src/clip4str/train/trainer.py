@@ -221,7 +221,8 @@ def _run(fabric: Any, trainer: Trainer) -> TrainResult:  # noqa: C901 - the loop
     val_ds = build_val_dataset(cfg, model_cfg)
     val_loader = None
     if val_ds is not None:
-        say(f"validation samples ({len(val_ds):,}, test charset of {len(model_cfg.resolved_charset_test)}):")
+        charset_size = len(model_cfg.resolved_charset_test)
+        say(f"validation samples ({len(val_ds):,}, test charset of {charset_size}):\n{val_ds.summary()}")
         val_loader = make_loader(
             val_subset(val_ds, cfg.data.max_val_samples, world, rank),
             cfg.data.val_batch_size or cfg.batch_size,
