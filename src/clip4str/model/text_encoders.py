@@ -59,36 +59,23 @@ __all__ = [
 ]
 
 # Architectures M-CLIP's config.json names in ``modelBase`` (values of the public xlm-roberta configs).
+_XLMR_COMMON: dict[str, Any] = dict(
+    model_type="xlm-roberta",
+    vocab_size=250002,
+    max_position_embeddings=514,
+    type_vocab_size=1,
+    layer_norm_eps=1e-5,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+    hidden_act="gelu",
+)
 _KNOWN_BASES: dict[str, dict[str, Any]] = {
     "xlm-roberta-large": dict(
-        model_type="xlm-roberta",
-        vocab_size=250002,
-        hidden_size=1024,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        intermediate_size=4096,
-        max_position_embeddings=514,
-        type_vocab_size=1,
-        layer_norm_eps=1e-5,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        hidden_act="gelu",
+        _XLMR_COMMON, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
     ),
     "xlm-roberta-base": dict(
-        model_type="xlm-roberta",
-        vocab_size=250002,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=514,
-        type_vocab_size=1,
-        layer_norm_eps=1e-5,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        hidden_act="gelu",
+        _XLMR_COMMON, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
     ),
 }
 _MCLIP_KEYS = ("modelBase", "numDims", "transformerDimensions")
