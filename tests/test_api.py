@@ -170,3 +170,25 @@ def test_unusable_devices_give_one_clear_error(ckpt, image_paths, capsys):
             clip4str.load(ckpt, device="cuda")
         assert main(["read", "--model", str(ckpt), "--device", "cuda:1", str(image_paths[0])]) == 1
         assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_read_resolves_charset_test_presets_and_refuses_empty_ones(ckpt, image_paths, capsys):
+    assert main(["read", "--model", str(ckpt), "--charset-test", "36", "--json", str(image_paths[0])]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "Chicken"  # the 94-char head still reads case
+    reader = clip4str.load(ckpt, charset_test="0123456789abcdefghijklmnopqrstuvwxyz")
+    assert reader.model.charset_adapter("Ab-1") == "ab1"
+    with pytest.raises(ValueError, match="charset_test must not be empty"):
+        clip4str.load(ckpt, charset_test="")
+    with pytest.raises(ValueError, match="batch_size"):
+        reader.read(image_paths[:2], batch_size=0)
+
+
+def test_missing_vocabulary_is_reported_at_load_not_at_read(ckpt, tmp_path, monkeypatch):
+    monkeypatch.delenv("CLIP4STR_BPE_PATH")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="CLIP4STR_BPE_PATH"):
+        clip4str.load(ckpt)
+    # The visual branch alone needs no vocabulary.
+    assert len(clip4str.load(ckpt, visual_only=True).read(Image.new("RGB", (60, 20)))) == 1

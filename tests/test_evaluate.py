@@ -386,3 +386,12 @@ def test_eval_cli_reports_and_errors(bench_root, ckpt, tmp_path, capsys):
     (tmp_path / "test" / "SVT").mkdir(parents=True)
     assert main(["eval", "--data", str(tmp_path)]) == 1  # checked before the model would load
     assert "no LMDB (a folder with data.mdb) found at or under" in capsys.readouterr().err
+
+
+def test_eval_output_paths_are_checked_before_the_model_loads(bench_root, tmp_path, capsys):
+    args = ["eval", "--model", str(tmp_path / "never-loaded.ckpt"), "--data", str(bench_root), "--quiet"]
+    assert main([*args, "--out", str(tmp_path)]) == 1
+    assert "--out" in capsys.readouterr().err
+    assert main([*args, "--errors", str(tmp_path / "missing-folder" / "e.tsv")]) == 1
+    err = capsys.readouterr().err
+    assert "--errors" in err and "never-loaded" not in err

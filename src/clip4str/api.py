@@ -84,6 +84,8 @@ class Recognizer:
             raise ValueError(f"refine_iters must be >= 0, got {self.refine_iters}")
         self.batch_size = batch_size
         self.precision = precision
+        if not self.visual_only and self.model.text_encoder is None:
+            self.model.caption_tokenizer  # noqa: B018 - finds CLIP's vocabulary now, or says where it looked
         if compile:
             self.model.enable_compile()
 
@@ -129,7 +131,7 @@ class Recognizer:
         skip and report bad files instead.
         """
         items = _as_list(images)
-        size = batch_size or self.batch_size
+        size = self._batch_size(batch_size)
         out: list[Prediction] = []
         for start in range(0, len(items), size):
             out.extend(
@@ -146,7 +148,7 @@ class Recognizer:
         """Read many files, yielding ``(path, prediction)`` in order, or ``(path, error)`` for a file that
         cannot be read. Image decoding and preprocessing run in ``workers`` threads, overlapping the model.
         """
-        size = batch_size or self.batch_size
+        size = self._batch_size(batch_size)
         cfg = self.config.preprocess
 
         def prepare(path: str) -> Tensor | Exception:
@@ -171,6 +173,13 @@ class Recognizer:
                     yield from self._flush(batch)
                     batch = []
             yield from self._flush(batch)
+
+    def _batch_size(self, batch_size: int | None) -> int:
+        if batch_size is None:
+            return self.batch_size
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return batch_size
 
     def _flush(self, batch: list[tuple[str, Tensor]]) -> Iterator[tuple[str, Prediction]]:
         if not batch:

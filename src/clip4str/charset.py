@@ -37,7 +37,8 @@ EOS, BOS, PAD = "[E]", "[B]", "[P]"
 
 
 def resolve_charset(spec: str) -> str:
-    """A preset name ('36', '62', '94', 'vietnamese'), a path to a UTF-8 text file, or the characters.
+    """A preset name ('36', '62', '94', 'vietnamese'), a path to a UTF-8 text file (``@path`` forces a path),
+    or the characters themselves.
 
     In a file, line breaks are ignored; all other characters, in order, form the charset. The result is
     NFC-normalised and must not repeat a character.
@@ -49,18 +50,20 @@ def resolve_charset(spec: str) -> str:
         if not path.is_file():
             raise FileNotFoundError(f"charset file not found: {path}")
         text = path.read_text(encoding="utf-8").replace("\r", "").replace("\n", "")
+        origin = f"charset file {path}"
     else:
         text = spec
+        origin = (
+            f"charset {spec[:40]!r} is not a preset ({', '.join(sorted(PRESETS))}) or an existing file, and as "
+            "a list of characters it"
+        )
     text = unicodedata.normalize("NFC", text)
     if not text:
         raise ValueError("charset is empty")
     seen: set[str] = set()
     repeated = sorted({c for c in text if c in seen or seen.add(c)})  # type: ignore[func-returns-value]
     if repeated:
-        raise ValueError(
-            f"charset {spec[:40]!r} is not a preset ({', '.join(sorted(PRESETS))}) or an existing file, and "
-            f"as a list of characters it repeats {''.join(repeated)!r}"
-        )
+        raise ValueError(f"{origin} repeats character(s) {''.join(repeated)!r}")
     return text
 
 

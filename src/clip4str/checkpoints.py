@@ -205,6 +205,8 @@ def _config_from_json(text: str, source: Path) -> ModelConfig:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{source}: config is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{source}: config must be a JSON object, got {type(data).__name__}")
     data.pop("format_version", None)
     try:
         return ModelConfig.from_dict(data)

@@ -205,6 +205,8 @@ class ModelConfig(JsonConfig):
     def __post_init__(self) -> None:
         if not self.charset_train:
             raise ConfigError("charset_train must not be empty")
+        if self.charset_test is not None and not self.charset_test:
+            raise ConfigError("charset_test must not be empty (leave it unset to use charset_train)")
         if len(set(self.charset_train)) != len(self.charset_train):
             raise ConfigError("charset_train has repeated characters")
         if self.max_label_length < 1:

@@ -60,9 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the CLI turns known errors into one clear line
         from clip4str.errors import Clip4strError
 
-        if isinstance(err, (Clip4strError, FileNotFoundError, ValueError)) and not getattr(
-            args, "debug", False
-        ):
+        if isinstance(err, (Clip4strError, OSError, ValueError)) and not getattr(args, "debug", False):
             print(f"clip4str {args.command}: error: {err}", file=sys.stderr)
             return 1
         raise

@@ -57,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{prog}: error: label file not found: {args.labels}", file=sys.stderr)
         return 1
 
+    for option, target in (("--out", args.out), ("--errors", args.errors)):
+        if target and (Path(target).is_dir() or not Path(target).resolve().parent.is_dir()):
+            raise ValueError(
+                f"{option} {target}: not a writable file path (a directory, or its folder is missing)"
+            )
     args.charset_test = charset  # the official evaluation gives the test charset to the model
     recognizer = load_recognizer(args)
     options = dict(

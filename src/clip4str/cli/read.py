@@ -19,10 +19,16 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     parser.add_argument(
-        "--decode", choices=["ar", "nar"], default=None, help="autoregressive or not (default: ar)"
+        "--decode",
+        choices=["ar", "nar"],
+        default=None,
+        help="autoregressive or not (default: the model's, ar for released models)",
     )
     parser.add_argument(
-        "--refine-iters", type=int, default=None, help="cloze refinement iterations (default: 1)"
+        "--refine-iters",
+        type=int,
+        default=None,
+        help="cloze refinement iterations (default: the model's, 1 for released models)",
     )
     parser.add_argument("--visual-only", action="store_true", help="use the visual branch alone")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
@@ -40,6 +46,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
 def load_recognizer(args: argparse.Namespace):
     """Build the recognizer the decoding arguments describe."""
     import clip4str
+    from clip4str.charset import resolve_charset
 
     return clip4str.load(
         args.model,
@@ -51,7 +58,7 @@ def load_recognizer(args: argparse.Namespace):
         precision=args.precision,
         compile=args.compile,
         overrides=args.overrides or None,
-        charset_test=getattr(args, "charset_test", None),
+        charset_test=resolve_charset(args.charset_test) if getattr(args, "charset_test", None) else None,
     )
 
 
@@ -118,7 +125,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder or glob")
     add_decoding_arguments(parser)
-    parser.add_argument("--charset-test", default=None, help="restrict predictions to these characters")
+    parser.add_argument(
+        "--charset-test",
+        default=None,
+        help="restrict predictions to a charset: a preset (36, 62, 94), file or characters",
+    )
     parser.add_argument(
         "--json", action="store_true", help="one JSON object per line: path, text, confidence"
     )

@@ -35,6 +35,8 @@ import ftfy
 import regex
 import torch
 
+from clip4str.hub import is_offline, quiet_hub_retries
+
 __all__ = [
     "ClipTokenizer",
     "clip_tokenize",
@@ -112,10 +114,6 @@ def _package_copies() -> list[Path]:
     return found
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
-
-
 def find_bpe_vocab(bpe_path: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
     """Path to CLIP's BPE vocabulary, searched in the order of the module docstring.
 
@@ -157,11 +155,9 @@ def find_bpe_vocab(bpe_path: str | os.PathLike[str] | None = None, download: boo
         looked.append(f"Hugging Face cache: {HF_REPO_ID}/{HF_MERGES_FILENAME}")
         if not download:
             hf_reason = "download disabled"
-        elif _offline():
+        elif is_offline():
             hf_reason = "HF_HUB_OFFLINE is set"
         else:
-            from clip4str.hub import quiet_hub_retries
-
             with quiet_hub_retries():
                 return Path(huggingface_hub.hf_hub_download(HF_REPO_ID, HF_MERGES_FILENAME))
     except Exception as err:  # no network, hub error, ...

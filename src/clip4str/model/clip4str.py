@@ -126,6 +126,8 @@ class CLIP4STR(nn.Module):
 
     def set_charset_test(self, charset_test: str | None) -> None:
         """Set the characters predictions are restricted to before they become captions (changes logits)."""
+        if charset_test is not None and not charset_test:
+            raise ValueError("charset_test must not be empty (None uses charset_train)")
         self.config.charset_test = charset_test
         self.charset_adapter = CharsetAdapter(self.config.resolved_charset_test)
 
