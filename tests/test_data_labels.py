@@ -128,3 +128,12 @@ def test_label_file_errors_name_file_and_line(tmp_path):
         read_label_file(empty)
     with pytest.raises(DatasetError, match="images folder not found"):
         read_label_file(bad, images_dir=tmp_path / "nope")
+
+
+def test_length_is_checked_after_case_folding_and_lines_split_on_newlines_only(tmp_path):
+    upper = LabelFilter("ASÉ", max_label_length=2)  # upper-case only, non-ASCII: NFC, no ASCII folding
+    assert upper("ßa") is None and upper.counts["too_long"] == 1  # 'ßa'.upper() == 'SSA': 3 characters
+    assert upper("éa") == "ÉA"
+    path = tmp_path / "labels.tsv"
+    path.write_text("a.png\tab\x0bcd\nb.png\tef\n", encoding="utf-8")
+    assert [label for _, label in read_label_file(path)] == ["ab\x0bcd", "ef"]

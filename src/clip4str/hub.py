@@ -564,14 +564,6 @@ def _download_url(rel: Release, dest: Path, progress: bool) -> Path:
             raise OSError(f"{rel.url} returned an empty file")
         if rel.sha256 is not None and sha != rel.sha256:
             raise OSError(f"sha256 mismatch for {rel.filename}: expected {rel.sha256}, got {sha}")
-        if rel.name_hash is not None and not sha.startswith(rel.name_hash):
-            # Not enforced: for the files where it could be checked the suffix is not the file's sha256.
-            warnings.warn(
-                f"{rel.filename}: sha256 {sha[:10]}... differs from the hash in the file name "
-                f"({rel.name_hash}); the official names are not confirmed to carry the file's sha256, so the "
-                "file is kept. Report this if the model then fails to load.",
-                stacklevel=3,
-            )
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

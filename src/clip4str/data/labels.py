@@ -115,11 +115,10 @@ class LabelFilter:
     def __call__(self, label: str) -> str | None:
         """The processed label, or None when the sample must be dropped (the reason is counted)."""
         self.counts["seen"] += 1
-        label = self.normalize_label(label)
-        if len(label) > self.max_label_length:
+        label = self.fold_case(self.normalize_label(label))
+        if len(label) > self.max_label_length:  # after folding: 'ß'.upper() is 'SS'
             self.counts["too_long"] += 1
             return None
-        label = self.fold_case(label)
         bad = self._unsupported_re.findall(label)
         adapted = label
         if bad:
@@ -207,8 +206,9 @@ def read_label_file(path: str | Path, images_dir: str | Path | None = None) -> l
     except UnicodeDecodeError as err:
         raise DatasetError(f"{path}: label file is not UTF-8 text ({err})") from err
     records: list[tuple[Path, str]] = []
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.rstrip("\r\n")
+    # split on line feeds only: str.splitlines() would also split inside labels at \x0b, \x1c, \u2028 ...
+    for lineno, raw in enumerate(text.split("\n"), 1):
+        line = raw.rstrip("\r")
         if not line.strip():
             continue
         parsed = _parse_line(line)

@@ -96,9 +96,13 @@ class LmdbWriter:
         """Write ``num-samples``, sync, and move the LMDB into place. Returns the final path."""
         if self._closed:
             return self.out
-        self._flush([(b"num-samples", str(self.count).encode())])
-        assert self._env is not None
-        self._env.sync(True)
+        try:
+            self._flush([(b"num-samples", str(self.count).encode())])
+            assert self._env is not None
+            self._env.sync(True)
+        except BaseException:
+            self.abort()  # e.g. disk full: leave nothing half-written behind
+            raise
         self._env.close()
         self._env = None
         self._closed = True
