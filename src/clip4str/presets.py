@@ -16,6 +16,7 @@ OpenAI shapes, so ``vit-b16`` also describes the DataComp-1B B/16 release.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -64,51 +65,26 @@ def _official(
     )
 
 
-def _vit_b16() -> ModelConfig:
-    return _official(
-        name="vit-b16",
-        vision_width=768,
-        vision_layers=12,
-        patch_size=16,
-        embed_dim=512,
-        text_width=512,
-        text_layers=12,
-    )
+# Official sizes (../shared/golden/manifests): vision width, layers, patch; embed dim; text width, layers.
+_OFFICIAL_SIZES: dict[str, tuple[int, int, int, int, int, int]] = {
+    "vit-b16": (768, 12, 16, 512, 512, 12),
+    "vit-b32": (768, 12, 32, 512, 512, 12),
+    "vit-l14": (1024, 24, 14, 768, 768, 12),
+    "vit-h14": (1280, 32, 14, 1024, 1024, 24),
+}
 
 
-def _vit_b32() -> ModelConfig:
-    return _official(
-        name="vit-b32",
-        vision_width=768,
-        vision_layers=12,
-        patch_size=32,
-        embed_dim=512,
-        text_width=512,
-        text_layers=12,
-    )
-
-
-def _vit_l14() -> ModelConfig:
-    return _official(
-        name="vit-l14",
-        vision_width=1024,
-        vision_layers=24,
-        patch_size=14,
-        embed_dim=768,
-        text_width=768,
-        text_layers=12,
-    )
-
-
-def _vit_h14() -> ModelConfig:
-    return _official(
-        name="vit-h14",
-        vision_width=1280,
-        vision_layers=32,
-        patch_size=14,
-        embed_dim=1024,
-        text_width=1024,
-        text_layers=24,
+def _official_preset(name: str) -> Callable[[], ModelConfig]:
+    vision_width, vision_layers, patch_size, embed_dim, text_width, text_layers = _OFFICIAL_SIZES[name]
+    return functools.partial(
+        _official,
+        name=name,
+        vision_width=vision_width,
+        vision_layers=vision_layers,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        text_width=text_width,
+        text_layers=text_layers,
     )
 
 
@@ -145,10 +121,7 @@ def _tiny_golden() -> ModelConfig:
 
 
 MODEL_PRESETS: dict[str, Callable[[], ModelConfig]] = {
-    "vit-b16": _vit_b16,
-    "vit-b32": _vit_b32,
-    "vit-l14": _vit_l14,
-    "vit-h14": _vit_h14,
+    **{name: _official_preset(name) for name in _OFFICIAL_SIZES},
     "tiny": _tiny,
     "tiny-golden": _tiny_golden,
 }
