@@ -10,18 +10,20 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from PIL import Image
 from torch import Tensor
 
-from clip4str.data.transforms import ImageSource, load_image, preprocess
+from clip4str.data.transforms import ImageSource, load_image, preprocess, preprocess_one
 from clip4str.model.clip4str import CLIP4STR
 
+T = TypeVar("T")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -148,27 +150,51 @@ class Recognizer:
         """Read many files, yielding ``(path, prediction)`` in order, or ``(path, error)`` for a file that
         cannot be read. Image decoding and preprocessing run in ``workers`` threads, overlapping the model.
         """
+        yield from self.read_stream([str(p) for p in paths], batch_size=batch_size, workers=workers)
+
+    def read_stream(
+        self,
+        items: Iterable[T],
+        fetch: Callable[[T], Any] | None = None,
+        load: Callable[[Any], Image.Image] = load_image,
+        batch_size: int | None = None,
+        workers: int = 4,
+    ) -> Iterator[tuple[T, Prediction | Exception]]:
+        """Read a stream of images in batches, yielding ``(item, prediction)`` in order, or ``(item, error)``
+        for one that cannot be read.
+
+        ``fetch(item)`` runs in the calling thread (e.g. reading bytes from an LMDB, whose transactions stay
+        on one thread); ``load(fetched)`` → RGB image and the preprocessing run in ``workers`` threads,
+        about two batches ahead of the model.
+        """
         size = self._batch_size(batch_size)
         cfg = self.config.preprocess
 
-        def prepare(path: str) -> Tensor | Exception:
+        def fetched(item: T) -> Any:
             try:
-                return preprocess([load_image(path)], cfg)[0]
-            except Exception as err:  # noqa: BLE001 - reported to the caller with its path
+                return item if fetch is None else fetch(item)
+            except Exception as err:  # noqa: BLE001 - reported to the caller with its item
                 return err
 
-        paths = [str(p) for p in paths]
+        def prepare(data: Any) -> Tensor | Exception:
+            if isinstance(data, Exception):
+                return data
+            try:
+                return preprocess_one(load(data), cfg)
+            except Exception as err:  # noqa: BLE001 - reported to the caller with its item
+                return err
+
+        items = list(items)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            # Keep about two batches of decoding in flight ahead of the model.
-            prepared = _bounded_map(pool, prepare, paths, window=2 * size)
-            batch: list[tuple[str, Tensor]] = []
-            for path, item in zip(paths, prepared):
-                if isinstance(item, Exception):
+            prepared = _bounded_map(pool, prepare, (fetched(item) for item in items), window=2 * size)
+            batch: list[tuple[T, Tensor]] = []
+            for item, pixels in zip(items, prepared):
+                if isinstance(pixels, Exception):
                     yield from self._flush(batch)
                     batch = []
-                    yield path, item
+                    yield item, pixels
                     continue
-                batch.append((path, item))
+                batch.append((item, pixels))
                 if len(batch) == size:
                     yield from self._flush(batch)
                     batch = []
@@ -181,7 +207,7 @@ class Recognizer:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         return batch_size
 
-    def _flush(self, batch: list[tuple[str, Tensor]]) -> Iterator[tuple[str, Prediction]]:
+    def _flush(self, batch: list[tuple[T, Tensor]]) -> Iterator[tuple[T, Prediction]]:
         if not batch:
             return
         preds = self.predictions_from_logits(self.logits(torch.stack([t for _, t in batch])))

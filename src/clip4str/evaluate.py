@@ -29,8 +29,7 @@ import string
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -425,41 +424,6 @@ def find_benchmarks(root: str | Path, names: Sequence[str] | None = None) -> Ben
 # The runner
 
 
-def _prepare_stream(source: EvalSource, cfg: Any, workers: int, window: int) -> Iterator[tuple[int, Any]]:
-    """Yield ``(index, (3,H,W) tensor or Exception)`` in order. Bytes are fetched in this thread (LMDB
-    transactions stay on one thread); decoding and preprocessing run in ``workers`` threads."""
-    from clip4str.data.transforms import decode_image_bytes, load_image, preprocess_one
-
-    def prepare(i: int, item: bytes | Path) -> Any:
-        try:
-            if isinstance(item, (bytes, bytearray, memoryview)):
-                img = decode_image_bytes(item, source.keys[i])
-            else:
-                img = load_image(item)
-            return preprocess_one(img, cfg)
-        except Exception as err:  # noqa: BLE001 - a bad sample is counted and reported, never fatal
-            return err
-
-    def submit(pool: ThreadPoolExecutor, i: int) -> Future:
-        try:
-            item = source.fetch(i)
-        except Exception as err:  # noqa: BLE001 - e.g. a missing image key
-            done: Future = Future()
-            done.set_result(err)
-            return done
-        return pool.submit(prepare, i, item)
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: list[tuple[int, Future]] = []
-        for i in range(len(source)):
-            pending.append((i, submit(pool, i)))
-            if len(pending) >= window:
-                j, fut = pending.pop(0)
-                yield j, fut.result()
-        for j, fut in pending:
-            yield j, fut.result()
-
-
 def evaluate_source(
     recognizer: Recognizer,
     source: EvalSource,
@@ -471,8 +435,9 @@ def evaluate_source(
     """Run the recognizer over one test set and score it. The recognizer is used as it is (call
     :func:`evaluate` to also apply the test charset to the model). Returns the result and one
     :class:`SampleRecord` per sample, in order."""
-    import torch
     from tqdm import tqdm
+
+    from clip4str.data.transforms import decode_image_bytes, load_image
 
     if len(source) == 0:
         raise DatasetError(
@@ -491,27 +456,25 @@ def evaluate_source(
         records[i] = SampleRecord(source.name, i, source.keys[i], label, raw, text, confidence, error)
         result.add(text, label, confidence, failed=error is not None)
 
-    def flush(batch: list[tuple[int, Any]]) -> None:
-        if not batch:
-            return
-        preds = recognizer.predictions_from_logits(recognizer.logits(torch.stack([t for _, t in batch])))
-        for (i, _), pred in zip(batch, preds):
-            record(i, pred.text, pred.confidence)
-        bar.update(len(batch))
+    def fetch(i: int) -> tuple[Any, str]:
+        return source.fetch(i), source.keys[i]
+
+    def load(fetched: tuple[Any, str]) -> Any:
+        data, key = fetched
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            return decode_image_bytes(data, key)
+        return load_image(data)
 
     bar = tqdm(total=len(source), desc=source.name, unit="img", file=sys.stderr, disable=not progress or None)
     with bar:
-        batch: list[tuple[int, Any]] = []
-        for i, item in _prepare_stream(source, recognizer.config.preprocess, workers, window=2 * size):
-            if isinstance(item, Exception):
-                record(i, "", 0.0, f"{type(item).__name__}: {item}")
-                bar.update(1)
-                continue
-            batch.append((i, item))
-            if len(batch) == size:
-                flush(batch)
-                batch = []
-        flush(batch)
+        # LMDB bytes are fetched on this thread; decoding and preprocessing overlap the model.
+        stream = recognizer.read_stream(range(len(source)), fetch, load, batch_size=size, workers=workers)
+        for i, pred in stream:
+            if isinstance(pred, Exception):
+                record(i, "", 0.0, f"{type(pred).__name__}: {pred}")
+            else:
+                record(i, pred.text, pred.confidence)
+            bar.update(1)
     result.seconds = time.perf_counter() - start
     return result, [r for r in records if r is not None]
 
