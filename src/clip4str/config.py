@@ -56,21 +56,56 @@ class JsonConfig:
 
 @dataclass
 class VisionConfig:
-    """ViT image tower. ``image_size // patch_size`` patches per side, plus one class token."""
+    """ViT image tower. Sizes are an int (square) or ``[H, W]`` (e.g. 32x128 images with 4x8 patches, as
+    PARSeq uses); the patch grid is ``image_size / patch_size`` per side, plus one class token."""
 
     width: int = 768
     layers: int = 12
     heads: int = 12
-    patch_size: int = 16
-    image_size: int = 224
+    patch_size: int | tuple[int, int] = 16
+    image_size: int | tuple[int, int] = 224
+
+    def __post_init__(self) -> None:
+        for name in ("patch_size", "image_size"):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                value = tuple(value)
+                if len(value) != 2:
+                    raise ConfigError(f"clip.vision.{name} must be an int or [H, W], got {list(value)}")
+                setattr(self, name, value)
+        (ih, iw), (ph, pw) = self.image_hw, self.patch_hw
+        if min(ph, pw) < 1 or min(ih, iw) < 1:
+            raise ConfigError(
+                f"clip.vision.image_size {list(self.image_hw)} and patch_size {list(self.patch_hw)} must be >= 1"
+            )
+        if ih % ph or iw % pw:
+            raise ConfigError(
+                f"clip.vision.image_size {list(self.image_hw)} is not a multiple of patch_size "
+                f"{list(self.patch_hw)}"
+            )
 
     @property
-    def grid_size(self) -> int:
-        return self.image_size // self.patch_size
+    def image_hw(self) -> tuple[int, int]:
+        """Input size (H, W)."""
+        s = self.image_size
+        return (s, s) if isinstance(s, int) else s
+
+    @property
+    def patch_hw(self) -> tuple[int, int]:
+        """Patch size (h, w)."""
+        s = self.patch_size
+        return (s, s) if isinstance(s, int) else s
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        """Patch grid (rows, columns)."""
+        (ih, iw), (ph, pw) = self.image_hw, self.patch_hw
+        return ih // ph, iw // pw
 
     @property
     def num_tokens(self) -> int:
-        return self.grid_size**2 + 1
+        rows, cols = self.grid_hw
+        return rows * cols + 1
 
 
 @dataclass

@@ -261,10 +261,10 @@ def run_benchmark(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
         if args.compile:
             model.enable_compile()
         reference = reference_cls(model).eval() if reference_cls is not None else None
-        size = model.config.clip.vision.image_size
+        height, width = model.config.clip.vision.image_hw
         for batch in args.batch_sizes:
             gen = torch.Generator().manual_seed(batch)
-            images = torch.randn(batch, 3, size, size, generator=gen).clamp(-1, 1).to(device)
+            images = torch.randn(batch, 3, height, width, generator=gen).clamp(-1, 1).to(device)
             for mode in args.modes:
                 kw = MODES[mode]
                 for precision in args.precision:

@@ -169,10 +169,10 @@ class VisionTransformer(nn.Module):
     def __init__(self, cfg: VisionConfig, embed_dim: int, activation: str = "quick_gelu") -> None:
         super().__init__()
         width = cfg.width
-        self.image_size = cfg.image_size
-        self.patch_size = cfg.patch_size
-        self.grid_size = cfg.grid_size
-        self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.image_hw = cfg.image_hw
+        self.patch_hw = cfg.patch_hw
+        self.grid_hw = cfg.grid_hw
+        self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_hw, stride=cfg.patch_hw, bias=False)
         scale = width**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.num_tokens, width))
@@ -181,22 +181,27 @@ class VisionTransformer(nn.Module):
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, embed_dim))
 
-    def forward(self, images: Tensor) -> Tensor:
-        """images (N, 3, H, W) → ``ln_post`` of every token projected: (N, T, E)."""
+    def embed(self, images: Tensor) -> Tensor:
+        """The input of the first block: patches, class token, positions, ``ln_pre``. (N, 3, H, W) → (N, T, W)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(images.shape)}")
-        x = self.conv1(images.to(self.conv1.weight.dtype))  # (N, W, g, g)
-        grid = x.shape[-2:]
-        if tuple(grid) != (self.grid_size, self.grid_size):
+        if images.shape[0] == 0:
+            raise ValueError("expected at least one image, got an empty batch")
+        if tuple(images.shape[-2:]) != self.image_hw:
+            (h, w), (ph, pw) = self.image_hw, self.patch_hw
             raise ValueError(
-                f"images of size {tuple(images.shape[-2:])} give a {grid[0]}x{grid[1]} patch grid, but this "
-                f"ViT's positional embedding is for {self.image_size}x{self.image_size} images "
-                f"(patch {self.patch_size}); resize the images to {self.image_size}x{self.image_size}"
+                f"images of size {tuple(images.shape[-2:])} do not fit this ViT, whose positional embedding is "
+                f"for {h}x{w} images (patch {ph}x{pw}); resize the images to {h}x{w}"
             )
-        x = x.flatten(2).transpose(1, 2)  # (N, g*g, W)
+        x = self.conv1(images.to(self.conv1.weight.dtype))  # (N, W, rows, cols)
+        x = x.flatten(2).transpose(1, 2)  # (N, rows*cols, W)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-        x = self.transformer(self.ln_pre(x))
+        return self.ln_pre(x)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images (N, 3, H, W) → ``ln_post`` of every token projected: (N, T, E)."""
+        x = self.transformer(self.embed(images))
         return self.ln_post(x) @ self.proj
 
 

@@ -44,7 +44,6 @@ __all__ = [
     "ClipAdapter",
     "LadderSideAdapter",
     "build_image_adapter",
-    "embed_patches",
     "trainable_parameter_names",
     "VARIANTS",
     "variant_names",
@@ -59,23 +58,6 @@ ADAPTER_KINDS = ("none", "clip-adapter", "ladder")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def embed_patches(visual: VisionTransformer, images: Tensor) -> Tensor:
-    """The ViT's input to its first block: patches, class token, positions, ``ln_pre`` → (N, T, W)."""
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(images.shape)}")
-    x = visual.conv1(images.to(visual.conv1.weight.dtype))
-    if tuple(x.shape[-2:]) != (visual.grid_size, visual.grid_size):
-        raise ValueError(
-            f"images of size {tuple(images.shape[-2:])} give a {x.shape[-2]}x{x.shape[-1]} patch grid, but this "
-            f"ViT's positional embedding is for {visual.image_size}x{visual.image_size} images (patch "
-            f"{visual.patch_size}); resize the images to {visual.image_size}x{visual.image_size}"
-        )
-    x = x.flatten(2).transpose(1, 2)
-    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-    return visual.ln_pre(x)
-
-
 def _backbone_grad(visual: nn.Module) -> bool:
     """Whether the backbone's activations need a graph (only when some of its parameters train)."""
     return torch.is_grad_enabled() and any(p.requires_grad for p in visual.parameters())
@@ -218,7 +200,7 @@ class LadderSideAdapter(nn.Module):
         side: Tensor | None = None
         backbone_grad = _backbone_grad(visual)
         with torch.set_grad_enabled(backbone_grad):
-            x = embed_patches(visual, images)
+            x = visual.embed(images)
         blocks = visual.transformer.resblocks
         for i, block in enumerate(blocks):
             k = taps.get(i)

@@ -295,16 +295,11 @@ def resolve_model_config(cfg: TrainConfig, base: ModelConfig | None = None) -> M
         stats = (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD) if cfg.data.openai_meanstd else (HALF_MEAN_STD,) * 2
         data["preprocess"]["mean"], data["preprocess"]["std"] = list(stats[0]), list(stats[1])
     model_cfg = from_dict(ModelConfig, data, prefix="model")
-    size = model_cfg.clip.vision.image_size
-    if tuple(model_cfg.preprocess.image_size) != (size, size):
+    size = model_cfg.clip.vision.image_hw
+    if tuple(model_cfg.preprocess.image_size) != size:
         raise ConfigError(
             f"model.preprocess.image_size {list(model_cfg.preprocess.image_size)} must equal the ViT input "
-            f"[{size}, {size}] (model.clip.vision.image_size); set both"
-        )
-    if size % model_cfg.clip.vision.patch_size:
-        raise ConfigError(
-            f"model.clip.vision.image_size={size} is not a multiple of patch_size="
-            f"{model_cfg.clip.vision.patch_size}"
+            f"{list(size)} (model.clip.vision.image_size); set both"
         )
     if model_cfg.perm_mirrored and model_cfg.perm_num % 2:
         raise ConfigError(f"model.perm_num must be even when perm_mirrored is true, got {model_cfg.perm_num}")
