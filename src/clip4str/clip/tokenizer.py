@@ -9,10 +9,8 @@ Where the vocabulary comes from, first match wins:
 
 1. the ``bpe_path`` argument;
 2. the environment variable ``CLIP4STR_BPE_PATH``;
-3. ``$XDG_CACHE_HOME/clip4str/bpe_simple_vocab_16e6.txt.gz`` (default ``~/.cache/clip4str/``);
-4. the copy shipped inside an installed ``clip`` or ``open_clip`` package (found without importing them);
-5. ``merges.txt`` of ``openai/clip-vit-base-patch16`` already in the Hugging Face cache;
-6. that ``merges.txt`` downloaded once into the Hugging Face cache (skipped when ``HF_HUB_OFFLINE=1``).
+3. the copy shipped inside this package (``clip4str/clip/bpe_simple_vocab_16e6.txt.gz``, OpenAI's file, the
+   same one OpenAI's ``clip`` and ``open_clip`` ship), so no model needs a download to read.
 
 Both file formats hold the same merges: OpenAI's ``bpe_simple_vocab_16e6.txt.gz`` (gzip or plain text) and
 the Hugging Face ``merges.txt`` (a ``vocab.json`` next to it, when present, is checked for consistency). The
@@ -23,7 +21,6 @@ from __future__ import annotations
 
 import gzip
 import html
-import importlib.util
 import json
 import os
 import threading
@@ -35,8 +32,6 @@ import ftfy
 import regex
 import torch
 
-from clip4str.hub import is_offline, quiet_hub_retries
-
 __all__ = [
     "ClipTokenizer",
     "clip_tokenize",
@@ -47,13 +42,10 @@ __all__ = [
     "EOT_ID",
     "VOCAB_SIZE",
     "NUM_MERGES",
-    "HF_REPO_ID",
     "BPE_FILENAME",
 ]
 
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
-HF_REPO_ID = "openai/clip-vit-base-patch16"
-HF_MERGES_FILENAME = "merges.txt"
 NUM_MERGES = 49152 - 256 - 2  # 48,894: what CLIP reads after the header line
 SOT_ID = 49406
 EOT_ID = 49407
@@ -97,27 +89,15 @@ def clean_text(text: str) -> str:
 # Finding and reading the vocabulary.
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "clip4str"
+def shipped_bpe_path() -> Path:
+    """The vocabulary file installed with this package."""
+    return Path(__file__).with_name(BPE_FILENAME)
 
 
-def _package_copies() -> list[Path]:
-    found = []
-    for name in ("clip", "open_clip"):
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            continue
-        for location in (spec.submodule_search_locations or []) if spec else []:
-            found.append(Path(location) / BPE_FILENAME)
-    return found
-
-
-def find_bpe_vocab(bpe_path: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
+def find_bpe_vocab(bpe_path: str | os.PathLike[str] | None = None) -> Path:
     """Path to CLIP's BPE vocabulary, searched in the order of the module docstring.
 
-    Raises ``FileNotFoundError`` listing every place looked at (and how to provide the file) when none has it.
+    Raises ``FileNotFoundError`` naming the missing file and how to provide one.
     """
     if bpe_path is not None:
         path = Path(bpe_path).expanduser()
@@ -135,42 +115,14 @@ def find_bpe_vocab(bpe_path: str | os.PathLike[str] | None = None, download: boo
                 "or a Hugging Face CLIP merges.txt, or unset it"
             )
         return path
-
-    looked: list[str] = ["bpe_path argument: not given", "environment variable CLIP4STR_BPE_PATH: not set"]
-    packaged = _package_copies()
-    for candidate in [_cache_dir() / BPE_FILENAME, *packaged]:
-        if candidate.is_file():
-            return candidate
-        looked.append(str(candidate))
-    if not packaged:
-        looked.append("installed clip / open_clip packages: none installed")
-
-    hf_reason = ""
-    try:
-        import huggingface_hub
-
-        cached = huggingface_hub.try_to_load_from_cache(HF_REPO_ID, HF_MERGES_FILENAME)
-        if isinstance(cached, str) and os.path.isfile(cached):
-            return Path(cached)
-        looked.append(f"Hugging Face cache: {HF_REPO_ID}/{HF_MERGES_FILENAME}")
-        if not download:
-            hf_reason = "download disabled"
-        elif is_offline():
-            hf_reason = "HF_HUB_OFFLINE is set"
-        else:
-            with quiet_hub_retries():
-                return Path(huggingface_hub.hf_hub_download(HF_REPO_ID, HF_MERGES_FILENAME))
-    except Exception as err:  # no network, hub error, ...
-        hf_reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
-    looked.append(f"download of {HF_REPO_ID}/{HF_MERGES_FILENAME} from huggingface.co: {hf_reason}")
-    raise FileNotFoundError(
-        "CLIP's BPE vocabulary was not found. Looked at:\n  - "
-        + "\n  - ".join(looked)
-        + f"\nProvide it in one of these ways: pass bpe_path=...; set CLIP4STR_BPE_PATH to a copy of "
-        f"{BPE_FILENAME} (shipped with OpenAI's CLIP and with open_clip) or of a Hugging Face CLIP merges.txt; "
-        f"copy it to {_cache_dir() / BPE_FILENAME}; or run once with network access so that "
-        f"{HF_REPO_ID}/{HF_MERGES_FILENAME} is downloaded into the Hugging Face cache."
-    )
+    shipped = shipped_bpe_path()
+    if not shipped.is_file():
+        raise FileNotFoundError(
+            f"CLIP's BPE vocabulary is missing from this installation ({shipped}); reinstall clip4str, or set "
+            f"CLIP4STR_BPE_PATH to a copy of {BPE_FILENAME} (OpenAI's clip and open_clip ship it) or of a "
+            "Hugging Face CLIP merges.txt"
+        )
+    return shipped
 
 
 def _read_merges(path: Path) -> list[tuple[str, str]]:
@@ -215,8 +167,8 @@ class ClipTokenizer:
     sot_id = SOT_ID
     eot_id = EOT_ID
 
-    def __init__(self, bpe_path: str | os.PathLike[str] | None = None, download: bool = True) -> None:
-        self.path = find_bpe_vocab(bpe_path, download=download)
+    def __init__(self, bpe_path: str | os.PathLike[str] | None = None) -> None:
+        self.path = find_bpe_vocab(bpe_path)
         merges = _read_merges(self.path)
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
@@ -236,7 +188,7 @@ class ClipTokenizer:
 
     def _check_hf_vocab(self) -> None:
         vocab_json = self.path.parent / "vocab.json"
-        if self.path.name != HF_MERGES_FILENAME or not vocab_json.is_file():
+        if self.path.name != "merges.txt" or not vocab_json.is_file():
             return
         try:
             hf_vocab = json.loads(vocab_json.read_text(encoding="utf-8"))
