@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from PIL import Image
@@ -22,6 +22,9 @@ from torch import Tensor
 
 from clip4str.data.transforms import ImageSource, load_image, preprocess, preprocess_one
 from clip4str.model.clip4str import CLIP4STR
+
+if TYPE_CHECKING:
+    from clip4str.explain import Explanation
 
 T = TypeVar("T")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -140,6 +143,14 @@ class Recognizer:
                 self.predictions_from_logits(self.logits(self.preprocess(items[start : start + size])))
             )
         return out
+
+    def explain(self, images: ImageSource | Sequence[ImageSource], figure: bool = True) -> list[Explanation]:
+        """Read images and say where the final decoder looked for each character: per image an
+        :class:`~clip4str.explain.Explanation` (text, confidence, attention maps (len(text), rows, cols) over
+        the patch grid, and a PIL figure when ``figure``). The plain :meth:`read` path records nothing."""
+        from clip4str.explain import explain
+
+        return explain(self, images, figure=figure)
 
     def read_files(
         self,

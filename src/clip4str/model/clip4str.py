@@ -15,6 +15,8 @@ many steps as the whole batch's visual pass took, which can cut a row short).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -197,6 +199,27 @@ class CLIP4STR(nn.Module):
     def disable_compile(self) -> None:
         """Return to eager execution."""
         self._compiled.clear()
+
+    @contextlib.contextmanager
+    def record_attention(self, visual_only: bool = False) -> Iterator[list[Tensor]]:
+        """While active, the last layer of the final decoder (the cross-modal one, or the visual one when
+        ``visual_only``) records its cross-attention probabilities; nothing else changes.
+
+        Yields the list each pass of that decoder appends to: (N, heads, 1, S) per autoregressive step,
+        (N, heads, Q, S) per non-autoregressive or refinement pass. S indexes the decoder's memory: the T
+        image tokens (class token first, then patches row by row), then, for the cross-modal decoder, the text
+        tokens. Runs eagerly (compiled callables are set aside meanwhile); not thread-safe.
+        """
+        decoder = self.visual_decoder if visual_only else self.cross_decoder
+        attn = decoder.layers[-1].cross_attn
+        records: list[Tensor] = []
+        compiled, self._compiled = self._compiled, {}
+        attn.record = records
+        try:
+            yield records
+        finally:
+            attn.record = None
+            self._compiled = compiled
 
     # ------------------------------------------------------------------------------------------ parts
     def encode(self, images: Tensor) -> Tensor:

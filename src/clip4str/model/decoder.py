@@ -43,6 +43,8 @@ class MultiheadAttention(PackedMultiheadAttention):
         super().__init__(embed_dim, num_heads)
         self.head_dim = embed_dim // num_heads
         self.dropout = dropout
+        # Opt-in (attention maps): when a list, each attend() appends its probabilities (N, heads, L, S).
+        self.record: list[Tensor] | None = None
 
     def _split(self, x: Tensor) -> Tensor:
         n, s, _ = x.shape
@@ -65,8 +67,18 @@ class MultiheadAttention(PackedMultiheadAttention):
         q = self._split(F.linear(query, self.in_proj_weight[:e], self.in_proj_bias[:e]))
         dropout = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        if self.record is not None:
+            self.record.append(self.probabilities(q, k, mask))
         n, _, l, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(n, l, e))
+
+    def probabilities(self, q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Attention probabilities (N, heads, L, S) in float32 of split queries ``q`` over keys ``k``, as
+        :meth:`attend` weighs the values (without dropout). Computed apart, so outputs never change."""
+        scores = (q.float() @ k.float().transpose(-2, -1)) * self.head_dim**-0.5
+        if mask is not None:
+            scores = scores + mask.float()
+        return scores.softmax(-1)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
         k, v = self.project_kv(key, value)
