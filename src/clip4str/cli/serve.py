@@ -1,0 +1,135 @@
+"""``clip4str serve``: the HTTP service and web page (needs the ``serve`` extra)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from clip4str.serve import Limits, ServeSettings, create_app, model_name
+    except ImportError as err:
+        print(
+            f"clip4str serve: {err.name or err} is missing; install the serve extra: pip install 'clip4str[serve]'",
+            file=sys.stderr,
+        )
+        return 1
+    from clip4str.cli.read import load_recognizer
+
+    limits = Limits(
+        max_request_bytes=args.max_bytes,
+        max_images=args.max_images,
+        max_pixels=args.max_pixels,
+        max_refine_iters=args.max_refine_iters,
+    )
+    settings = ServeSettings(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        preprocess_workers=args.workers,
+        limits=limits,
+    )
+    if settings.max_batch < 1 or settings.max_queue < 1 or settings.max_wait_ms < 0:
+        raise ValueError("--max-batch and --max-queue must be >= 1, --max-wait-ms >= 0")
+    if limits.max_images > settings.max_queue:
+        raise ValueError(f"--max-images {limits.max_images} is over --max-queue {settings.max_queue}")
+    args.batch_size = args.max_batch
+    reader = load_recognizer(args)
+    app = create_app(reader, model_name(args.model, reader), settings)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        root_path=args.root_path,
+        proxy_headers=bool(args.forwarded_allow_ips),
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        limit_concurrency=args.max_connections,
+        timeout_graceful_shutdown=args.drain_timeout,
+    )
+    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler it found: make that a
+    # no-op so a drained shutdown exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    uvicorn.Server(config).run()
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="HTTP service and web page: read images, show attention maps",
+        description="Serve a model over HTTP: POST /v1/read, POST /v1/explain, GET /v1/models, GET /health, "
+        "GET /openapi.json, and a web page at /. Requests are batched together (--max-batch, --max-wait-ms); "
+        "a full queue answers 503 with Retry-After. SIGTERM drains and exits 0. See docs/serving.md.",
+    )
+    parser.add_argument(
+        "--model", default=None, help="release name or checkpoint path (default: the package's)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument(
+        "--decode", choices=["ar", "nar"], default=None, help="default decoding (the model's)"
+    )
+    parser.add_argument("--refine-iters", type=int, default=None, help="default refinement iterations")
+    parser.add_argument("--visual-only", action="store_true", help="default to the visual branch alone")
+    parser.add_argument(
+        "--charset-test", default=None, help="default charset_test: a preset, file or characters"
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (long GPU runs)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model config override",
+    )
+    batching = parser.add_argument_group("batching")
+    batching.add_argument(
+        "--max-batch", type=int, default=32, help="images per forward pass (default: 32; 1 = off)"
+    )
+    batching.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill (default: 5)"
+    )
+    batching.add_argument(
+        "--max-queue", type=int, default=256, help="images waiting at most; beyond: 503 (default: 256)"
+    )
+    batching.add_argument("--workers", type=int, default=2, help="image decoding threads (default: 2)")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument(
+        "--max-bytes", type=int, default=8 * 2**20, help="request body bytes (default: 8 MiB)"
+    )
+    limits.add_argument("--max-images", type=int, default=64, help="images per request (default: 64)")
+    limits.add_argument(
+        "--max-pixels", type=int, default=4096 * 4096, help="pixels per image (default: 4096x4096)"
+    )
+    limits.add_argument(
+        "--max-refine-iters", type=int, default=8, help="refine_iters a request may ask (default: 8)"
+    )
+    limits.add_argument(
+        "--max-connections", type=int, default=128, help="concurrent connections; beyond: 503 (default: 128)"
+    )
+    server = parser.add_argument_group("server")
+    server.add_argument("--root-path", default="", help="URL prefix when behind a proxy that strips it")
+    server.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        help="proxy addresses whose X-Forwarded-* headers are trusted (e.g. 127.0.0.1)",
+    )
+    server.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to finish requests on SIGTERM (default: 30)",
+    )
+    server.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    parser.set_defaults(handler=run)
