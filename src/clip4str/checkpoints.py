@@ -9,15 +9,15 @@ Formats read, told apart by content (never by file name):
 
 Official files are converted to a :class:`~clip4str.config.ModelConfig`: sizes from the weights, charset and
 decoder heads from ``hyper_parameters`` (94 characters and 8 heads, the released models' values, when absent).
-Pickled files are read with ``torch.load(weights_only=True)``; when a Lightning file holds other Python objects
-in its hyper-parameters, a restricted unpickler turns them into inert placeholders: no code from a file runs.
+Pickled files (zip or legacy ``torch.save`` streams) are read by :func:`clip4str.safe_pickle.load_pickle`:
+only tensors and plain containers are built; other Python objects in a Lightning file's hyper-parameters
+become inert placeholders that keep their pickled state. No code from a file runs.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import tempfile
 from collections.abc import Mapping
@@ -43,6 +43,7 @@ from clip4str.config import (
 )
 from clip4str.errors import CheckpointError
 from clip4str.model.clip4str import CLIP4STR
+from clip4str.safe_pickle import load_pickle, plain
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -51,81 +52,6 @@ _FORMAT_VERSION = "1"
 
 
 # ------------------------------------------------------------------------------------------------ reading
-class _Opaque:
-    """Stand-in for a class a checkpoint pickled that is not a tensor or a plain container.
-
-    It records the pickled state (so e.g. an OmegaConf config still yields its dict) and runs nothing.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args = args
-        self.state: Any = None
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def __call__(self, *args: Any, **kwargs: Any) -> _Opaque:
-        return _Opaque(*args)
-
-
-_ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"),
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_parameter"),
-    ("torch", "Size"),
-    ("torch", "device"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "slice"),
-    ("builtins", "complex"),
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS or (module == "torch" and name.endswith("Storage")):
-            return super().find_class(module, name)
-        if module == "torch" and name in ("float32", "float16", "bfloat16", "float64", "int64", "int32"):
-            return getattr(torch, name)
-        return _Opaque
-
-
-class _RestrictedPickleModule:
-    Unpickler = _RestrictedUnpickler
-    load = pickle.load
-    __name__ = "clip4str_restricted_pickle"
-
-
-def _plain(obj: Any) -> Any:
-    """Turn placeholders back into plain dicts/lists where their pickled state allows."""
-    if isinstance(obj, _Opaque):
-        state = obj.state
-        if isinstance(state, dict) and "_content" in state:  # OmegaConf containers
-            return _plain(state["_content"])
-        if isinstance(state, dict) and "_val" in state:
-            return _plain(state["_val"])
-        return _plain(state) if state is not None else None
-    if isinstance(obj, Mapping):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v) for v in obj)
-    return obj
-
-
-def _torch_load(path: Path) -> Any:
-    # Read through a file object: torch.load would otherwise pick a reader from the file's extension.
-    try:
-        with open(path, "rb") as f:
-            return torch.load(f, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights_only" not in str(err) and "Unsupported" not in str(err):
-            raise CheckpointError(f"{path}: not a readable PyTorch file ({err})") from err
-    # Hyper-parameters pickled as Python objects (e.g. OmegaConf): read them as inert data.
-    with open(path, "rb") as f:
-        obj = torch.load(f, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
-    return _plain(obj)
-
-
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | None, ModelConfig | None]:
     """Read any supported file → (state dict, official hyper-parameters or None, own config or None)."""
     path = Path(path)
@@ -162,15 +88,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
             f"{path} is not a checkpoint: expected a Lightning .ckpt, a PyTorch .pt state dict or a clip4str "
             ".safetensors model"
         )
-    try:
-        obj = _torch_load(path)
-    except CheckpointError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any failure to parse means a damaged file
-        raise CheckpointError(
-            f"{path} could not be read: the file is truncated or damaged (re-download or re-save it); {err}"
-        ) from err
-    if isinstance(obj, torch.jit.RecursiveScriptModule) or not isinstance(obj, Mapping):
+    # Hyper-parameters pickled as Python objects (e.g. OmegaConf) are read as inert data.
+    obj = plain(load_pickle(path, allow_objects=True))
+    if not isinstance(obj, Mapping):
         raise CheckpointError(
             f"{path} holds a {type(obj).__name__}, not a state dict or Lightning checkpoint"
         )

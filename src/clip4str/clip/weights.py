@@ -3,7 +3,8 @@
 Accepted: OpenAI's TorchScript archives (``ViT-B-16.pt``), ``torch.save`` files holding ``{'model': sd}``,
 ``{'state_dict': sd}`` or a plain state dict (OpenCLIP's ``open_clip_pytorch_model.bin``), and
 ``.safetensors`` files. The format comes from the bytes (zip entries, pickle opcode, safetensors header),
-never from the file name. Pickles are read with ``torch.load(weights_only=True)`` only.
+never from the file name. Every pickle (TorchScript's ``data.pkl`` included) is read by
+:func:`clip4str.safe_pickle.load_pickle`: no code from a file runs, ``torch.jit.load`` is never called.
 
 :func:`sniff_format` and :func:`read_tensor_file` are format-level helpers reused for CLIP4STR checkpoints.
 """
@@ -12,9 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import struct
-import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import Tensor
 
 from clip4str.clip.model import CLIP, check_clip_keys, infer_clip_config, round_like_official_fp16
 from clip4str.errors import CheckpointError
+from clip4str.safe_pickle import load_pickle, module_tensors
 
 __all__ = ["sniff_format", "read_tensor_file", "load_clip_state_dict", "load_clip_model", "FileFormat"]
 
@@ -33,6 +33,8 @@ FileFormat = Literal["torchscript", "safetensors", "pickle", "unknown"]
 # Entries of OpenAI's TorchScript archives that are not weights.
 _TORCHSCRIPT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# How a legacy torch.save stream written with pickle protocol 0 or 1 starts (its magic number).
+_LEGACY_PROTOCOL_0_1 = b"L119547037146038801333356L\n."
 
 
 def _existing_file(path: str | os.PathLike[str]) -> Path:
@@ -62,7 +64,7 @@ def sniff_format(path: str | os.PathLike[str]) -> FileFormat:
     p = _existing_file(path)
     size = p.stat().st_size
     with p.open("rb") as f:
-        head = f.read(16)
+        head = f.read(32)
     if head.startswith(b"PK\x03\x04"):
         names = _zip_names(p)
         if names is None:
@@ -72,7 +74,7 @@ def sniff_format(path: str | os.PathLike[str]) -> FileFormat:
             if (len(parts) > 2 and parts[1] == "code") or parts[-1] == "constants.pkl":
                 return "torchscript"
         return "pickle" if any(name.endswith("data.pkl") for name in names) else "unknown"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+    if (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head.startswith(_LEGACY_PROTOCOL_0_1):
         return "pickle"
     if len(head) >= 9:
         (header_len,) = struct.unpack("<Q", head[:8])
@@ -112,9 +114,10 @@ def _describe_unknown(path: Path) -> str:
 def read_tensor_file(path: str | os.PathLike[str]) -> Any:
     """Load a weights file safely and return its raw content.
 
-    TorchScript archives give their ``state_dict()`` (a dict of tensors), safetensors a dict of tensors, and
-    ``torch.save`` files whatever they hold (``torch.load(weights_only=True, map_location='cpu')``; zip files
-    are memory-mapped). Raises :class:`CheckpointError` naming the file for a missing, empty, truncated or
+    TorchScript archives give their module's tensors (what ``torch.jit.load(path).state_dict()`` holds, read
+    from the archive's data records without running its code), safetensors a dict of tensors, and
+    ``torch.save`` files whatever they hold (tensors and plain containers only; zip files are
+    memory-mapped). Raises :class:`CheckpointError` naming the file for a missing, empty, truncated or
     foreign file, or a pickle holding objects other than tensors and plain containers.
     """
     p = _existing_file(path)
@@ -124,16 +127,8 @@ def read_tensor_file(path: str | os.PathLike[str]) -> Any:
             f"{str(p)!r} is not a weights file (TorchScript, torch.save or safetensors): "
             f"{_describe_unknown(p)}"
         )
-    if fmt == "torchscript":
-        try:
-            with warnings.catch_warnings():  # deprecated in recent torch, but OpenAI's files need it
-                warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=DeprecationWarning)
-                module = torch.jit.load(str(p), map_location="cpu")
-        except Exception as err:
-            raise CheckpointError(
-                f"cannot read TorchScript archive {str(p)!r}: {err}".strip()[:2000]
-            ) from err
-        return dict(module.state_dict())
+    if fmt == "torchscript":  # read as data: the archive's code is never compiled or run
+        return module_tensors(load_pickle(p, torchscript=True), repr(str(p)))
     if fmt == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -144,30 +139,7 @@ def read_tensor_file(path: str | os.PathLike[str]) -> Any:
             raise CheckpointError(
                 f"cannot read safetensors file {str(p)!r} (damaged or truncated?): {err}"
             ) from err
-    with p.open("rb") as f:
-        is_zip = f.read(4) == b"PK\x03\x04"
-    if is_zip and _zip_names(p) is None:
-        raise CheckpointError(
-            f"{str(p)!r} is a damaged or truncated zip archive (torch.save or TorchScript; incomplete "
-            "download?); re-download it"
-        )
-    try:
-        if p.name.endswith(".safetensors"):
-            # torch.load picks its safetensors reader from this suffix: hand it a file object instead.
-            with p.open("rb") as f:
-                return torch.load(f, map_location="cpu", weights_only=True)
-        return torch.load(str(p), map_location="cpu", weights_only=True, mmap=is_zip)
-    except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise CheckpointError(
-                f"{str(p)!r} holds Python objects other than tensors and plain containers, which clip4str "
-                f"refuses to unpickle (torch.load weights_only=True): {reason[-1] if reason else err}. "
-                "If you trust the file, re-save its state dict with torch.save(state_dict, path)."
-            ) from err
-        raise CheckpointError(f"cannot unpickle {str(p)!r} (damaged or truncated?): {err}") from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read {str(p)!r} (damaged or truncated?): {err}"[:2000]) from err
+    return load_pickle(p)
 
 
 def _unwrap_state_dict(obj: Any, source: str) -> dict[str, Any]:

@@ -258,8 +258,9 @@ def _read_weights(folder: Path) -> dict[str, Tensor]:
         return load_file(str(st))
     pt = folder / "pytorch_model.bin"
     if pt.is_file():
-        with open(pt, "rb") as f:
-            obj = torch.load(f, map_location="cpu", weights_only=True)
+        from clip4str.safe_pickle import load_pickle
+
+        obj = load_pickle(pt)
         return dict(obj.get("state_dict", obj)) if isinstance(obj, Mapping) else obj
     raise CheckpointError(
         f"{folder} has no model.safetensors or pytorch_model.bin; pass text_encoder_options.pretrained=false to "

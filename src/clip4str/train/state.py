@@ -63,10 +63,9 @@ def load_state(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"resume checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure means a damaged or foreign file
-        raise CheckpointError(f"{path}: cannot read the resume checkpoint ({err})") from err
+    from clip4str.safe_pickle import load_pickle
+
+    state = load_pickle(path)  # tensors and plain containers only; CheckpointError naming the file
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(
             f"{path} is not a clip4str training checkpoint (to fine-tune from a model, use init=checkpoint:PATH)"
@@ -77,7 +76,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ RNG
-# States are stored as tensors and plain Python values so the file loads with ``weights_only=True``.
+# States are stored as tensors and plain Python values: the restricted reader accepts nothing else.
 def _np_state_to_plain(state: tuple) -> dict[str, Any]:
     name, keys, pos, has_gauss, gauss = state
     return {
