@@ -211,6 +211,23 @@ class Recognizer:
                     batch = []
             yield from self._flush(batch)
 
+    def read_photos(self, images: ImageSource | Sequence[ImageSource], detector: Any = None, **options: Any):
+        """Find and read the words of whole photos → one :class:`clip4str.detect.Photo` per image
+        (``path``, ``width``, ``height``, ``words`` in reading order, each with ``box``, ``text``,
+        ``confidence``). ``detector``: RapidOCR's by default (``pip install 'clip4str[detect]'``), any
+        object with ``detect(image) → quads`` or a function. Options: see :func:`clip4str.detect.read_photos`.
+        """
+        from clip4str.detect import read_photos
+
+        return read_photos(self, images, detector, **options)
+
+    def read_regions(self, image: ImageSource, boxes: Any, **options: Any):
+        """Read given boxes of one image (quads ``[[x, y] × 4]`` or ``[x0, y0, x1, y1]``) → one
+        :class:`clip4str.detect.Word` per box, in order. Needs no detector."""
+        from clip4str.detect import read_regions
+
+        return read_regions(self, image, boxes, **options)
+
     def _batch_size(self, batch_size: int | None) -> int:
         if batch_size is None:
             return self.batch_size
