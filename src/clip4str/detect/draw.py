@@ -1,0 +1,63 @@
+"""Draw words (boxes and texts) on a photo."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["draw_words", "save_drawing"]
+
+_COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (240, 50, 230)]
+
+
+def _font(size: int) -> Any:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable font
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def draw_words(image: Image.Image, words: Sequence[Any]) -> Image.Image:
+    """A copy of ``image`` (RGB) with each word's box outlined and its text written at its top-left corner.
+
+    ``words``: objects with ``box`` (4 × [x, y]) and ``text`` (e.g. :class:`~clip4str.detect.Word`).
+    """
+    out = image.convert("RGB")
+    draw = ImageDraw.Draw(out)
+    line = max(1, round(max(out.size) / 600))
+    font = _font(max(10, round(max(out.size) / 80)))
+    for i, word in enumerate(words):
+        colour = _COLOURS[i % len(_COLOURS)]
+        pts = [(float(x), float(y)) for x, y in word.box]
+        draw.polygon(pts, outline=colour, width=line)
+        draw.ellipse(
+            [pts[0][0] - 2 * line, pts[0][1] - 2 * line, pts[0][0] + 2 * line, pts[0][1] + 2 * line],
+            fill=colour,
+        )
+        if word.text:
+            x, y = min(p[0] for p in pts), min(p[1] for p in pts)
+            left, top, right, bottom = draw.textbbox((0, 0), word.text, font=font)
+            y = max(0.0, y - (bottom - top) - 2 * line)
+            draw.rectangle([x, y, x + right - left + 2 * line, y + bottom + line], fill=colour)
+            draw.text((x + line, y), word.text, fill=(255, 255, 255), font=font)
+    return out
+
+
+def save_drawing(image: Image.Image, words: Sequence[Any], folder: str | Path, name: str) -> Path:
+    """Draw ``words`` on ``image`` and save it as ``folder/name`` (PNG unless ``name`` ends in .jpg/.jpeg),
+    never overwriting: a clash gets ``-2``, ``-3``, ... Returns the path written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem, suffix = Path(name).stem, Path(name).suffix.lower()
+    if suffix not in (".jpg", ".jpeg", ".png"):
+        suffix = ".png"
+    path, n = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}-{n}{suffix}"
+    drawn = draw_words(image, words)
+    drawn.save(path, quality=90) if suffix in (".jpg", ".jpeg") else drawn.save(path)
+    return path

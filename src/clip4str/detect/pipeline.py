@@ -1,0 +1,221 @@
+"""Whole photos: detect words, rectify each box to an upright crop, read all crops of a batch of photos in
+batches with the recognizer, and return the words in reading order."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from clip4str.data.transforms import ImageSource, load_image
+from clip4str.detect.base import Detector, as_detector
+from clip4str.detect.crops import orientation_candidates, rectify
+from clip4str.detect.geometry import as_quads, clockwise, order_quad, reading_order
+
+__all__ = [
+    "ORIENTATIONS",
+    "Photo",
+    "Word",
+    "iter_photos",
+    "read_photos",
+    "read_photos_timed",
+    "read_regions",
+]
+
+ORIENTATIONS = {"auto": 1.5, "none": None}  # name → height/width ratio above which quarter turns are tried
+MAX_DETECT_SIDE = 2048  # photos are shrunk to this longest side for detection; crops come from full size
+
+
+class Reader(Protocol):
+    """What the pipeline needs from a recognizer: ``read(list of PIL images)`` → objects with ``text``
+    and ``confidence`` (a :class:`clip4str.Recognizer` is one)."""
+
+    def read(self, images: Sequence[Image.Image]) -> Sequence[Any]: ...
+
+
+@dataclass
+class Word:
+    """One word: ``box`` = 4 × [x, y] in image pixels, clockwise from the text's top-left corner."""
+
+    box: list[list[float]]
+    text: str
+    confidence: float
+
+
+@dataclass
+class Photo:
+    """One photo's words in reading order; ``path`` is None for in-memory images."""
+
+    path: str | None
+    width: int
+    height: int
+    words: list[Word] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"path", "width", "height", "words": [{"box", "text", "confidence"}]}``, ready for JSON."""
+        return asdict(self)
+
+
+def _tall_ratio(orientation: str) -> float | None:
+    if orientation not in ORIENTATIONS:
+        raise ValueError(f"orientation must be one of {', '.join(ORIENTATIONS)}, got {orientation!r}")
+    return ORIENTATIONS[orientation]
+
+
+def _detect(detector: Detector, image: Image.Image, max_side: int) -> np.ndarray:
+    """Quads (K, 4, 2) in ``image``'s coordinates, detected on a copy at most ``max_side`` pixels long."""
+    scale = min(1.0, max_side / max(image.size))
+    small = image
+    if scale < 1.0:
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        small = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    quads = as_quads(detector.detect(np.asarray(small)))
+    if scale < 1.0:
+        quads = quads * np.array([image.width / small.width, image.height / small.height])
+    quads[..., 0] = quads[..., 0].clip(0, image.width)
+    quads[..., 1] = quads[..., 1].clip(0, image.height)
+    return quads
+
+
+class _Timer(dict):
+    """Seconds per named step, accumulated."""
+
+    def add(self, name: str, start: float) -> float:
+        now = time.perf_counter()
+        self[name] = self.get(name, 0.0) + now - start
+        return now
+
+
+def _read_quads(
+    reader: Reader, jobs: list[tuple[Image.Image, np.ndarray]], tall_ratio: float | None, timer: _Timer
+) -> list[Word]:
+    """Read each (image, quad) job; tall quads are read in every candidate orientation and the most
+    confident reading wins. One :class:`Word` per job, in order."""
+    t = time.perf_counter()
+    crops: list[Image.Image] = []
+    owners: list[tuple[int, np.ndarray]] = []
+    for j, (image, quad) in enumerate(jobs):
+        for cand in orientation_candidates(quad, tall_ratio):
+            crops.append(rectify(image, cand))
+            owners.append((j, cand))
+    t = timer.add("cropping", t)
+    preds = reader.read(crops) if crops else []
+    timer.add("recognition", t)
+    best: list[tuple[float, str, np.ndarray] | None] = [None] * len(jobs)
+    for (j, cand), pred in zip(owners, preds):
+        if best[j] is None or pred.confidence > best[j][0]:  # type: ignore[index]
+            best[j] = (float(pred.confidence), pred.text, cand)
+    words = []
+    for b in best:
+        assert b is not None
+        conf, text, quad = b
+        words.append(Word(box=np.round(quad, 1).tolist(), text=text, confidence=round(conf, 6)))
+    return words
+
+
+def iter_photos(
+    reader: Reader,
+    images: Iterable[ImageSource],
+    detector: Detector | Callable[[np.ndarray], object] | str | None = None,
+    *,
+    orientation: str = "auto",
+    photos_per_batch: int = 4,
+    max_side: int = MAX_DETECT_SIDE,
+    timer: dict[str, float] | None = None,
+) -> Iterator[tuple[ImageSource, Photo | Exception]]:
+    """Yield ``(image, Photo)`` per input in order, or ``(image, error)`` for one that cannot be loaded.
+
+    The words of ``photos_per_batch`` photos are read together in the reader's batches. ``timer``, when
+    given, accumulates seconds of ``loading``, ``detection``, ``cropping`` and ``recognition``.
+    """
+    det = as_detector(detector)
+    tall_ratio = _tall_ratio(orientation)
+    clock = _Timer()
+    batch: list[tuple[ImageSource, Image.Image, np.ndarray]] = []
+
+    def flush() -> Iterator[tuple[ImageSource, Photo]]:
+        jobs = [(img, q) for _, img, quads in batch for q in quads]
+        words = _read_quads(reader, jobs, tall_ratio, clock)
+        at = 0
+        for src, img, quads in batch:
+            mine = words[at : at + len(quads)]
+            at += len(quads)
+            ordered = [mine[i] for i in reading_order([np.array(w.box) for w in mine])]
+            path = str(src) if isinstance(src, (str, Path)) else None
+            yield src, Photo(path=path, width=img.width, height=img.height, words=ordered)
+        batch.clear()
+
+    try:
+        for src in images:
+            t = time.perf_counter()
+            try:
+                img = load_image(src)
+            except Exception as err:  # noqa: BLE001 - reported with its input
+                clock.add("loading", t)
+                yield src, err
+                continue
+            t = clock.add("loading", t)
+            quads = [order_quad(q) for q in _detect(det, img, max_side)]
+            clock.add("detection", t)
+            batch.append((src, img, np.array(quads).reshape(-1, 4, 2)))
+            if len(batch) >= photos_per_batch:
+                yield from flush()
+        if batch:
+            yield from flush()
+    finally:
+        if timer is not None:
+            for k, v in clock.items():
+                timer[k] = timer.get(k, 0.0) + v
+
+
+def read_photos(
+    reader: Reader,
+    images: ImageSource | Sequence[ImageSource],
+    detector: Detector | Callable[[np.ndarray], object] | str | None = None,
+    **options: Any,
+) -> list[Photo]:
+    """Find and read the words of one photo or a sequence of photos (paths, PIL images, arrays).
+
+    ``detector``: a :class:`Detector`, a function ``image → quads``, or None for RapidOCR's. Options:
+    ``orientation`` ('auto': tall boxes are also read turned a quarter either way and the most confident
+    reading wins; 'none'), ``photos_per_batch``, ``max_side``. Raises on an unreadable image.
+    """
+    return read_photos_timed(reader, images, detector, **options)[0]
+
+
+def read_photos_timed(
+    reader: Reader,
+    images: ImageSource | Sequence[ImageSource],
+    detector: Detector | Callable[[np.ndarray], object] | str | None = None,
+    **options: Any,
+) -> tuple[list[Photo], dict[str, float]]:
+    """:func:`read_photos` and the seconds spent loading, detecting, cropping and recognizing."""
+    timer: dict[str, float] = {}
+    photos = []
+    for _, result in iter_photos(reader, _as_list(images), detector, timer=timer, **options):
+        if isinstance(result, Exception):
+            raise result
+        photos.append(result)
+    return photos, timer
+
+
+def read_regions(reader: Reader, image: ImageSource, boxes: Any, *, orientation: str = "auto") -> list[Word]:
+    """Read given regions of one image: one :class:`Word` per box, in the boxes' order.
+
+    ``boxes``: quads ``[[x, y] × 4]`` (clockwise from the text's top-left, as ICDAR writes them; a
+    counter-clockwise quad is reversed), 8 numbers, or ``[x0, y0, x1, y1]`` rectangles.
+    """
+    img = load_image(image)
+    quads = [clockwise(q) for q in as_quads(boxes)]
+    return _read_quads(reader, [(img, q) for q in quads], _tall_ratio(orientation), _Timer())
+
+
+def _as_list(images: Any) -> list[Any]:
+    if isinstance(images, (str, Path, bytes, bytearray, memoryview, Image.Image, np.ndarray)):
+        return [images]
+    return list(images)
