@@ -14,7 +14,7 @@ Every model entry takes ``pretrained`` (default True) and keyword arguments:
 * ``pretrained=False``: an untrained model of the release's architecture; keywords are config overrides
   for :func:`clip4str.presets.model_preset` (e.g. ``charset_train='0123456789'``).
 
-Entry names: ``clip4str_base``, ``clip4str_large``, ``clip4str_huge`` (the best release of each size) and
+Entry names: ``clip4str_small`` (shipped inside the package), ``clip4str_base``, ``clip4str_large``, ``clip4str_huge`` (the best release of each size) and
 one per release file; ``docs/models.md`` describes them.
 """
 
@@ -58,6 +58,11 @@ def _model(name: str, pretrained: bool, kwargs: dict[str, _Any]) -> _Any:
     from clip4str.presets import model_preset
 
     return CLIP4STR(model_preset(release.preset, **kwargs))
+
+
+def clip4str_small(pretrained: bool = True, **kwargs: _Any) -> _Any:
+    """CLIP4STR-small: the from-scratch CPU model shipped inside the package (32x128 input; no download)."""
+    return _model("clip4str-small", pretrained, kwargs)
 
 
 def clip4str_base(pretrained: bool = True, **kwargs: _Any) -> _Any:
@@ -115,7 +120,7 @@ def clip4str_huge14_dfn_rbu(pretrained: bool = True, **kwargs: _Any) -> _Any:
     return _model("clip4str-huge14-dfn-rbu", pretrained, kwargs)
 
 
-def recognizer(model: str = "clip4str-base", **kwargs: _Any) -> _Any:
+def recognizer(model: str = "clip4str-small", **kwargs: _Any) -> _Any:
     """A ready-to-use :class:`clip4str.Recognizer` (preprocessing + model + decoding) for a release name or
     a path; keywords go to :func:`clip4str.load` (e.g. ``device='cuda'``)."""
     _import_clip4str()

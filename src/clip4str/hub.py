@@ -96,16 +96,21 @@ class Release:
     notes: str = ""
     alias_of: str | None = None
     config_overrides: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # Accuracy (%) measured by this package on the real test crops in ../shared (36 characters,
+    # case-insensitive): IIIT5K (3,000), SVT (647), IC15 (2,077) and their sample-weighted mean.
+    measured: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
-        if self.source not in ("huggingface", "github", "zenodo"):
+        if self.source not in ("package", "huggingface", "github", "zenodo"):
             raise ValueError(f"Release {self.name}: unknown source {self.source!r}")
         if self.accuracy and len(self.accuracy) != len(BENCHMARKS):
             raise ValueError(f"Release {self.name}: accuracy needs {len(BENCHMARKS)} values")
 
     @property
     def url(self) -> str:
-        """Direct download URL of the file."""
+        """Direct download URL of the file (the installed folder for a model shipped in the package)."""
+        if self.source == "package":
+            return str(shipped_model_dir(self.location))
         if self.source == "huggingface":
             return f"https://huggingface.co/{self.location}/resolve/main/{self.filename}"
         return self.location
@@ -117,6 +122,8 @@ class Release:
             return f"https://huggingface.co/{self.location}/blob/main/{self.filename}"
         if self.source == "zenodo":
             return ZENODO_RECORD_URL
+        if self.source == "package":
+            return "docs/small-model.md"
         return "https://github.com/VamosC/CLIP4STR/releases/tag/1.0.0"
 
     @property
@@ -136,6 +143,11 @@ class Release:
         return sum(a * n for a, n in zip(self.accuracy, BENCHMARK_SIZES)) / total
 
 
+def shipped_model_dir(folder: str) -> Path:
+    """A model folder installed with the package (``clip4str/weights/<folder>``)."""
+    return Path(__file__).with_name("weights") / folder
+
+
 def _gh(filename: str) -> str:
     return GITHUB_RELEASE_URL + filename
 
@@ -144,7 +156,24 @@ def _zenodo(filename: str) -> str:
     return f"{ZENODO_RECORD_URL}/files/{filename}?download=1"
 
 
+SMALL_MODEL = Release(
+    name="clip4str-small",
+    filename="clip4str-small",
+    source="package",
+    location="clip4str-small",
+    preset="small",
+    backbone="ViT 6x192, 32x128 input, 4x8 patches",
+    pretrain="none (from scratch)",
+    train_data="120k synthetic + 5.2k real training crops",
+    file_format="clip4str-safetensors",
+    approx_size="15 MB",
+    notes="Shipped inside the package: reads offline with no download. Trained on a 2-core CPU by "
+    "`clip4str train --config small` (docs/small-model.md); 36 lowercase characters.",
+    measured=MappingProxyType({}),
+)
+
 _FILES: tuple[Release, ...] = (
+    SMALL_MODEL,
     Release(
         name="clip4str-base16-openai-synth",
         filename="clip4str_base16x16_synth_a5e3386222.ckpt",
@@ -273,8 +302,9 @@ for _alias, (_target, _note) in _FRIENDLY.items():
     RELEASES[_alias] = dataclasses.replace(RELEASES[_target], name=_alias, alias_of=_target, notes=_note)
 del _alias, _target, _note
 
-DEFAULT_MODEL = "clip4str-base"
-"""The CLI's default model: the best released B/16."""
+DEFAULT_MODEL = "clip4str-small"
+"""The default model: the small CLIP4STR shipped inside the package (no download); the released models are
+one name away (``clip4str-base`` is the best released B/16)."""
 
 
 def _norm(name: str) -> str:
@@ -292,9 +322,9 @@ del _r, _a
 
 
 def list_models(include_aliases: bool = True) -> list[Release]:
-    """The known releases: friendly names (if ``include_aliases``) first, then one entry per file."""
+    """The known models: the shipped one, friendly names (if ``include_aliases``), then one entry per file."""
     friendly = [RELEASES[n] for n in _FRIENDLY] if include_aliases else []
-    return friendly + list(_FILES)
+    return [SMALL_MODEL, *friendly, *_FILES[1:]]
 
 
 def get_release(name: str) -> Release | None:
@@ -335,6 +365,9 @@ def _local_dir(cache_dir: str | Path | None) -> Path:
 def cached_path(release: Release | str, cache_dir: str | Path | None = None) -> Path | None:
     """Where ``release`` already lies in the cache (never downloads), or None."""
     rel = _as_release(release)
+    if rel.source == "package":
+        folder = shipped_model_dir(rel.location)
+        return folder if _is_model_dir(folder) else None
     manual = _local_dir(cache_dir) / rel.filename
     if manual.is_file():
         return manual
@@ -382,7 +415,7 @@ def _unknown_message(name: str) -> str:
     hint = f" Did you mean {', '.join(repr(display[c]) for c in dict.fromkeys(close))}?" if close else ""
     return (
         f"unknown model {name!r}: not an existing file or directory, nor a released model name.{hint} "
-        f"Known names: {', '.join(names)} (or any release file name, e.g. {_FILES[1].filename!r}). "
+        f"Known names: {', '.join(names)} (or any release file name, e.g. {_FILES[2].filename!r}). "
         "Run `clip4str models` to list them, or pass the path of a .ckpt/.pt checkpoint or of a model "
         "directory holding config.json and model.safetensors."
     )
@@ -445,6 +478,11 @@ def resolve_model(
     if found is not None:
         _check_hf_blob(rel, found)
         return found
+    if rel.source == "package":
+        raise ModelNotFoundError(
+            f"model {rel.name!r} should be installed with the package at {shipped_model_dir(rel.location)}, "
+            "but its files are missing: reinstall clip4str, or pass another model with --model"
+        )
     dest = _local_dir(cache_dir) / rel.filename
     if offline:
         raise ModelNotFoundError(

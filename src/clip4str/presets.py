@@ -26,6 +26,7 @@ from clip4str.config import (
     ConfigError,
     DecoderConfig,
     ModelConfig,
+    PreprocessConfig,
     TextConfig,
     VisionConfig,
     from_dict,
@@ -120,8 +121,34 @@ def _tiny_golden() -> ModelConfig:
     )
 
 
+def _small(
+    vision_width: int = 192, vision_layers: int = 6, text_width: int = 96, text_layers: int = 2
+) -> ModelConfig:
+    """The shipped CPU model's size: a from-scratch CLIP4STR on 32x128 images with 4x8 patches (a 8x16
+    grid, as PARSeq), a narrow CLIP text tower over 16 caption positions, and two one-layer decoders."""
+    return ModelConfig(
+        clip=CLIPConfig(
+            embed_dim=vision_width,
+            vision=VisionConfig(
+                width=vision_width,
+                layers=vision_layers,
+                heads=vision_width // 64,
+                patch_size=(4, 8),
+                image_size=(32, 128),
+            ),
+            text=TextConfig(width=text_width, layers=text_layers, heads=max(text_width // 64, 1), context_length=16),
+            activation="quick_gelu",
+        ),
+        decoder=DecoderConfig(depth=1, num_heads=vision_width // 32, mlp_ratio=4, dropout=0.1),
+        text_freeze_layers=0,
+        preprocess=PreprocessConfig(image_size=(32, 128)),
+        name="small",
+    )
+
+
 MODEL_PRESETS: dict[str, Callable[[], ModelConfig]] = {
     **{name: _official_preset(name) for name in _OFFICIAL_SIZES},
+    "small": _small,
     "tiny": _tiny,
     "tiny-golden": _tiny_golden,
 }

@@ -57,6 +57,9 @@ class DataConfig:
     """Where the LMDBs are and how samples are read (the official ``SceneTextDataModule`` options)."""
 
     train_root: list[str] = field(default_factory=list)
+    # Times each train_root is read per epoch (root as written in train_root → count; default 1): mixes a
+    # small real set with a large synthetic one without copying it.
+    train_repeat: dict[str, int] = field(default_factory=dict)
     val_root: list[str] = field(default_factory=list)
     augment: bool = True
     num_workers: int = 4
@@ -112,6 +115,9 @@ class TrainConfig(JsonConfig):
     checkpoint_every_n_steps: int = 0  # resume checkpoint interval; 0: at each validation
     log_every_n_steps: int = 10
     grad_checkpointing: bool = False
+    # CPU threads of each training process (torch intra-op); 0 keeps torch's default (all cores). On a small
+    # machine shared with other busy processes, fewer threads avoid the collapse of oversubscription.
+    threads: int = 0
     seed: int = 42
     output_dir: str = "runs/clip4str"
 
@@ -153,6 +159,7 @@ class TrainConfig(JsonConfig):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in (
+            "threads",
             "accumulate",
             "effective_batch_size",
             "epochs",
@@ -184,6 +191,11 @@ class TrainConfig(JsonConfig):
         if o.eps <= 0 or o.div_factor <= 0 or o.final_div_factor <= 0:
             raise ConfigError("optim.eps, optim.div_factor and optim.final_div_factor must be > 0")
         d = self.data
+        for root, times in d.train_repeat.items():
+            if root not in d.train_root:
+                raise ConfigError(f"data.train_repeat names {root!r}, which is not in data.train_root")
+            if not isinstance(times, int) or isinstance(times, bool) or not 1 <= times <= 10_000:
+                raise ConfigError(f"data.train_repeat[{root!r}] must be an integer in [1, 10000], got {times!r}")
         if d.num_workers < 0 or d.val_batch_size < 0 or d.max_val_samples < 0 or d.min_image_dim < 0:
             raise ConfigError(
                 "data.num_workers, data.val_batch_size, data.max_val_samples and data.min_image_dim must be >= 0"

@@ -131,8 +131,9 @@ def build_train_dataset(cfg: TrainConfig, model_cfg: ModelConfig) -> tuple[Seede
     """Every LMDB under ``data.train_root``, labels filtered with the training charset (official rules)."""
     from clip4str.data.augment import TrainTransform
 
+    roots = [root for root in cfg.data.train_root for _ in range(cfg.data.train_repeat.get(root, 1))]
     base = build_dataset(
-        cfg.data.train_root,
+        roots,
         model_cfg.charset_train,
         model_cfg.max_label_length,
         transform=None,

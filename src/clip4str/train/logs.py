@@ -28,6 +28,7 @@ COLUMNS = (
     "val_accuracy",
     "val_ned",
     "time",
+    "wall_s",
 )
 
 

@@ -154,6 +154,10 @@ class Trainer:
         from lightning.fabric import Fabric
 
         cfg = self.cfg
+        if cfg.threads > 0:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
         fabric = Fabric(
             accelerator=cfg.accelerator,
             strategy=cfg.strategy,
@@ -249,7 +253,9 @@ def _run(fabric: Any, trainer: Trainer) -> TrainResult:  # noqa: C901 - the loop
     precision = fabric.strategy.precision
     step, epoch, batch_pos = 0, 0, 0
     best: dict[str, Any] = {"accuracy": None, "step": None}
+    wall_before = 0.0  # training wall time of the earlier sessions of this run (s)
     if state is not None:
+        wall_before = float(state.get("wall_s", 0.0))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if state.get("precision"):
@@ -314,6 +320,7 @@ def _run(fabric: Any, trainer: Trainer) -> TrainResult:  # noqa: C901 - the loop
                     "precision": precision.state_dict(),
                     "rng": rngs,
                     "best": best,
+                    "wall_s": wall_s(),
                     "config": cfg.to_dict(),
                 },
                 ckpt_path,
@@ -322,6 +329,11 @@ def _run(fabric: Any, trainer: Trainer) -> TrainResult:  # noqa: C901 - the loop
         fabric.barrier()
 
     last_val: dict[str, float] = {}
+    session_start = time.perf_counter()
+
+    def wall_s() -> float:
+        """Wall time of the whole run so far, summed over every session that resumed it."""
+        return round(wall_before + time.perf_counter() - session_start, 1)
 
     def run_validation() -> None:
         nonlocal last_val
@@ -333,7 +345,7 @@ def _run(fabric: Any, trainer: Trainer) -> TrainResult:  # noqa: C901 - the loop
         if improved:
             best.update(accuracy=totals.accuracy, step=step)
         if is_main:
-            csv_log.write(step=step, epoch=epoch, **last_val)  # type: ignore[union-attr]
+            csv_log.write(step=step, epoch=epoch, wall_s=wall_s(), **last_val)  # type: ignore[union-attr]
             tb.scalars(step, **last_val)  # type: ignore[union-attr]
             bar.write(
                 f"step {step}: val accuracy {totals.accuracy:.2f}%  1-NED {totals.one_minus_ned:.2f}  "
@@ -385,9 +397,10 @@ def _run(fabric: Any, trainer: Trainer) -> TrainResult:  # noqa: C901 - the loop
                     "decoder_lr": lrs[2],
                     "images_per_s": ips,
                     "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                    "wall_s": wall_s(),
                 }
                 csv_log.write(step=step, epoch=epoch, **row)  # type: ignore[union-attr]
-                tb.scalars(step, **row)  # type: ignore[union-attr]
+                tb.scalars(step, **{k: v for k, v in row.items() if k != "wall_s"})  # type: ignore[union-attr]
                 loss_sum, loss_count = 0.0, 0
             if step % cfg.log_every_n_steps == 0:
                 t_last, images_since = time.perf_counter(), 0
@@ -419,6 +432,7 @@ def _run(fabric: Any, trainer: Trainer) -> TrainResult:  # noqa: C901 - the loop
         tb.close()  # type: ignore[union-attr]
         say(
             f"done: step {step}; best val accuracy {best['accuracy']} at step {best['step']}; "
+            f"wall time {wall_s() / 3600:.2f} h over all sessions; "
             f"models in {run_dir / 'best'} and {run_dir / 'last'}"
         )
     return TrainResult(
