@@ -338,12 +338,19 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(ckpt, image_paths, bpe_
             target=lambda: result.update(r=post_files(url + "/v1/read", files_of(image_paths[:2])))
         )
         worker.start()
-        time.sleep(0.5)  # the request waits in the queue for its batch (up to 1.5 s)
+        while json.loads(call(url + "/health")[2])["queued"] < 2:  # in the queue, waiting for its batch
+            assert time.monotonic() < deadline and worker.is_alive()
+            time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        with pytest.raises(OSError):  # no longer accepting
-            call(url + "/health")
-        worker.join(30)
+        refused = False
+        while not refused and time.monotonic() < deadline:  # stops accepting at once ...
+            try:
+                call(url + "/health")
+                time.sleep(0.05)
+            except OSError:
+                refused = True
+        assert refused
+        worker.join(30)  # ... and still answers the request it holds
         assert proc.wait(30) == 0, (tmp_path / "serve.log").read_text()
     finally:
         if proc.poll() is None:
