@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import sys
 from pathlib import Path
 
@@ -96,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     recognizer = load_recognizer(args)
     from tqdm import tqdm
 
+    from clip4str.cli.output import json_line, tsv_line
+
     show = len(paths) > args.batch_size and not args.quiet
     with tqdm(total=len(paths), unit="img", file=sys.stderr, disable=not show or None, leave=False) as bar:
         for path, result in recognizer.read_files(paths, workers=args.workers):
@@ -104,13 +105,12 @@ def run(args: argparse.Namespace) -> int:
                 failures += 1
                 bar.write(f"clip4str read: skipped {path}: {result}", file=sys.stderr)
                 continue
-            if args.json:
-                line = json.dumps(
-                    {"path": path, "text": result.text, "confidence": round(result.confidence, 6)},
-                    ensure_ascii=False,
+            if args.json:  # lines that parse whatever the names hold (clip4str.cli.output)
+                line = json_line(
+                    {"path": path, "text": result.text, "confidence": round(result.confidence, 6)}
                 )
             else:
-                line = f"{path}\t{result.text}\t{result.confidence:.4f}"
+                line = tsv_line(path, result.text, f"{result.confidence:.4f}")
             bar.write(line, file=sys.stdout)
     if failures:
         print(f"clip4str read: {failures} input(s) could not be read", file=sys.stderr)
