@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 import uuid
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -289,7 +290,7 @@ def test_full_queue_answers_503_with_retry_after(reader, image_paths, monkeypatc
         return run_batch(*args)
 
     monkeypatch.setattr(app_module, "_run_batch", gated)
-    settings = ServeSettings(max_batch=1, max_wait_ms=0, max_queue=2, limits=LIMITS)
+    settings = ServeSettings(max_batch=1, max_wait_ms=0, max_queue=2, limits=replace(LIMITS, max_images=2))
     app = create_app(reader, "golden-tiny", settings)
     url_files = files_of(image_paths)
     results: dict[str, tuple] = {}

@@ -20,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     from clip4str.cli.read import load_recognizer
 
+    # Values are checked here, before the model loads (ValueError: one line naming the option).
     limits = Limits(
         max_request_bytes=args.max_bytes,
         max_images=args.max_images,
@@ -33,10 +34,6 @@ def run(args: argparse.Namespace) -> int:
         preprocess_workers=args.workers,
         limits=limits,
     )
-    if settings.max_batch < 1 or settings.max_queue < 1 or settings.max_wait_ms < 0:
-        raise ValueError("--max-batch and --max-queue must be >= 1, --max-wait-ms >= 0")
-    if limits.max_images > settings.max_queue:
-        raise ValueError(f"--max-images {limits.max_images} is over --max-queue {settings.max_queue}")
     args.batch_size = args.max_batch
     reader = load_recognizer(args)
     app = create_app(reader, model_name(args.model, reader), settings)

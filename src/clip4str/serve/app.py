@@ -50,6 +50,18 @@ class ServeSettings:
     preprocess_workers: int = 2
     limits: Limits = field(default_factory=Limits)
 
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_queue < 1 or self.max_wait_ms < 0 or self.preprocess_workers < 1:
+            raise ValueError(
+                f"--max-batch ({self.max_batch}), --max-queue ({self.max_queue}) and --workers "
+                f"({self.preprocess_workers}) must be >= 1, --max-wait-ms ({self.max_wait_ms}) >= 0"
+            )
+        if self.limits.max_images > self.max_queue:
+            raise ValueError(
+                f"--max-images ({self.limits.max_images}) is over --max-queue ({self.max_queue}): such a "
+                "request could never be queued"
+            )
+
 
 # ------------------------------------------------------------------------------------------------ schema
 class Reading(BaseModel):
