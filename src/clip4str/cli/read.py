@@ -85,14 +85,25 @@ def expand_paths(specs: list[str]) -> tuple[list[str], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clip4str.cli._photos import check_photo_arguments, prepare_photos, run_photos
+
+    problem = check_photo_arguments(args)
+    if problem:
+        args.command_parser.error(problem)
     paths, unmatched = expand_paths(args.paths)
     failures = 0
     for spec in unmatched:
         print(f"clip4str read: {spec}: no such file, or no images in it", file=sys.stderr)
         failures += 1
-    if not paths:
+    if not paths and not args.boxes:
         return 1 if failures else 0
+    photos = prepare_photos(args, paths) if args.detect or args.boxes else None  # before the model loads
     recognizer = load_recognizer(args)
+    if photos is not None:  # whole photos: one line per word, or one JSON object per photo
+        failures += run_photos(args, recognizer, photos)
+        if failures:
+            print(f"clip4str read: {failures} input(s) could not be read", file=sys.stderr)
+        return 1 if failures else 0
     from tqdm import tqdm
 
     from clip4str.cli.output import json_line, tsv_line
@@ -121,9 +132,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "read",
         help="read the text in word images",
-        description="Print path<TAB>text<TAB>confidence for each image (a file, a folder or a glob).",
+        description="Print path<TAB>text<TAB>confidence for each image (a file, a folder or a glob). "
+        "With --detect, find the words of whole photos and print path<TAB>text<TAB>confidence<TAB>"
+        "x1,y1,...,x4,y4 per word (--json: one object per photo, words in reading order).",
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder or glob")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="image file, folder or glob")
     add_decoding_arguments(parser)
     parser.add_argument(
         "--charset-test",
@@ -135,4 +148,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--workers", type=int, default=4, help="image decoding threads (default: 4)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    from clip4str.cli._photos import add_photo_arguments
+
+    add_photo_arguments(parser)
     parser.set_defaults(handler=run)

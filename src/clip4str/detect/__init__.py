@@ -16,9 +16,11 @@ from clip4str.detect.pipeline import (
     ORIENTATIONS,
     Photo,
     Word,
+    detect_quads,
     iter_photos,
     read_photos,
     read_photos_timed,
+    read_quads,
     read_regions,
 )
 
@@ -30,10 +32,12 @@ __all__ = [
     "Photo",
     "Word",
     "as_detector",
+    "detect_quads",
     "draw_words",
     "iter_photos",
     "read_photos",
     "read_photos_timed",
+    "read_quads",
     "read_regions",
     "save_drawing",
 ]

@@ -46,18 +46,14 @@ def draw_words(image: Image.Image, words: Sequence[Any]) -> Image.Image:
     return out
 
 
-def save_drawing(image: Image.Image, words: Sequence[Any], folder: str | Path, name: str) -> Path:
-    """Draw ``words`` on ``image`` and save it as ``folder/name`` (PNG unless ``name`` ends in .jpg/.jpeg),
-    never overwriting: a clash gets ``-2``, ``-3``, ... Returns the path written."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    stem, suffix = Path(name).stem, Path(name).suffix.lower()
-    if suffix not in (".jpg", ".jpeg", ".png"):
-        suffix = ".png"
-    path, n = folder / f"{stem}{suffix}", 1
-    while path.exists():
-        n += 1
-        path = folder / f"{stem}-{n}{suffix}"
+def save_drawing(image: Image.Image, words: Sequence[Any], path: str | Path) -> Path:
+    """Draw ``words`` on ``image`` and save it at ``path`` (its folder is made; JPEG at quality 90 for a
+    .jpg/.jpeg name, otherwise the format the suffix names). Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     drawn = draw_words(image, words)
-    drawn.save(path, quality=90) if suffix in (".jpg", ".jpeg") else drawn.save(path)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        drawn.save(path, quality=90)
+    else:
+        drawn.save(path)
     return path

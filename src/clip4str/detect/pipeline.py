@@ -21,9 +21,11 @@ __all__ = [
     "ORIENTATIONS",
     "Photo",
     "Word",
+    "detect_quads",
     "iter_photos",
     "read_photos",
     "read_photos_timed",
+    "read_quads",
     "read_regions",
 ]
 
@@ -67,8 +69,9 @@ def _tall_ratio(orientation: str) -> float | None:
     return ORIENTATIONS[orientation]
 
 
-def _detect(detector: Detector, image: Image.Image, max_side: int) -> np.ndarray:
-    """Quads (K, 4, 2) in ``image``'s coordinates, detected on a copy at most ``max_side`` pixels long."""
+def detect_quads(detector: Detector, image: Image.Image, max_side: int = MAX_DETECT_SIDE) -> np.ndarray:
+    """Ordered quads (K, 4, 2) in ``image``'s coordinates, detected on a copy at most ``max_side`` pixels
+    long (corners clockwise from the top-left, see :func:`~clip4str.detect.geometry.order_quad`)."""
     scale = min(1.0, max_side / max(image.size))
     small = image
     if scale < 1.0:
@@ -79,23 +82,27 @@ def _detect(detector: Detector, image: Image.Image, max_side: int) -> np.ndarray
         quads = quads * np.array([image.width / small.width, image.height / small.height])
     quads[..., 0] = quads[..., 0].clip(0, image.width)
     quads[..., 1] = quads[..., 1].clip(0, image.height)
-    return quads
+    return np.array([order_quad(q) for q in quads]).reshape(-1, 4, 2)
 
 
-class _Timer(dict):
-    """Seconds per named step, accumulated."""
-
-    def add(self, name: str, start: float) -> float:
-        now = time.perf_counter()
-        self[name] = self.get(name, 0.0) + now - start
-        return now
+def _add(timer: dict[str, float], name: str, start: float) -> float:
+    """Add the seconds since ``start`` to ``timer[name]``; returns now."""
+    now = time.perf_counter()
+    timer[name] = timer.get(name, 0.0) + now - start
+    return now
 
 
-def _read_quads(
-    reader: Reader, jobs: list[tuple[Image.Image, np.ndarray]], tall_ratio: float | None, timer: _Timer
+def read_quads(
+    reader: Reader,
+    jobs: Sequence[tuple[Image.Image, np.ndarray]],
+    orientation: str = "auto",
+    timer: dict[str, float] | None = None,
 ) -> list[Word]:
     """Read each (image, quad) job; tall quads are read in every candidate orientation and the most
-    confident reading wins. One :class:`Word` per job, in order."""
+    confident reading wins. One :class:`Word` per job, in order; ``timer`` accumulates the seconds of
+    ``cropping`` and ``recognition``."""
+    tall_ratio = _tall_ratio(orientation)
+    timer = {} if timer is None else timer
     t = time.perf_counter()
     crops: list[Image.Image] = []
     owners: list[tuple[int, np.ndarray]] = []
@@ -103,9 +110,9 @@ def _read_quads(
         for cand in orientation_candidates(quad, tall_ratio):
             crops.append(rectify(image, cand))
             owners.append((j, cand))
-    t = timer.add("cropping", t)
+    t = _add(timer, "cropping", t)
     preds = reader.read(crops) if crops else []
-    timer.add("recognition", t)
+    _add(timer, "recognition", t)
     best: list[tuple[float, str, np.ndarray] | None] = [None] * len(jobs)
     for (j, cand), pred in zip(owners, preds):
         if best[j] is None or pred.confidence > best[j][0]:  # type: ignore[index]
@@ -134,13 +141,13 @@ def iter_photos(
     given, accumulates seconds of ``loading``, ``detection``, ``cropping`` and ``recognition``.
     """
     det = as_detector(detector)
-    tall_ratio = _tall_ratio(orientation)
-    clock = _Timer()
+    _tall_ratio(orientation)  # a bad value fails before any work
+    clock: dict[str, float] = {} if timer is None else timer
     batch: list[tuple[ImageSource, Image.Image, np.ndarray]] = []
 
     def flush() -> Iterator[tuple[ImageSource, Photo]]:
         jobs = [(img, q) for _, img, quads in batch for q in quads]
-        words = _read_quads(reader, jobs, tall_ratio, clock)
+        words = read_quads(reader, jobs, orientation, clock)
         at = 0
         for src, img, quads in batch:
             mine = words[at : at + len(quads)]
@@ -150,27 +157,22 @@ def iter_photos(
             yield src, Photo(path=path, width=img.width, height=img.height, words=ordered)
         batch.clear()
 
-    try:
-        for src in images:
-            t = time.perf_counter()
-            try:
-                img = load_image(src)
-            except Exception as err:  # noqa: BLE001 - reported with its input
-                clock.add("loading", t)
-                yield src, err
-                continue
-            t = clock.add("loading", t)
-            quads = [order_quad(q) for q in _detect(det, img, max_side)]
-            clock.add("detection", t)
-            batch.append((src, img, np.array(quads).reshape(-1, 4, 2)))
-            if len(batch) >= photos_per_batch:
-                yield from flush()
-        if batch:
+    for src in images:
+        t = time.perf_counter()
+        try:
+            img = load_image(src)
+        except Exception as err:  # noqa: BLE001 - reported with its input
+            _add(clock, "loading", t)
+            yield src, err
+            continue
+        t = _add(clock, "loading", t)
+        quads = detect_quads(det, img, max_side)
+        _add(clock, "detection", t)
+        batch.append((src, img, quads))
+        if len(batch) >= photos_per_batch:
             yield from flush()
-    finally:
-        if timer is not None:
-            for k, v in clock.items():
-                timer[k] = timer.get(k, 0.0) + v
+    if batch:
+        yield from flush()
 
 
 def read_photos(
@@ -212,7 +214,7 @@ def read_regions(reader: Reader, image: ImageSource, boxes: Any, *, orientation:
     """
     img = load_image(image)
     quads = [clockwise(q) for q in as_quads(boxes)]
-    return _read_quads(reader, [(img, q) for q in quads], _tall_ratio(orientation), _Timer())
+    return read_quads(reader, [(img, q) for q in quads], orientation)
 
 
 def _as_list(images: Any) -> list[Any]:
