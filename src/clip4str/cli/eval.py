@@ -23,6 +23,10 @@ def run(args: argparse.Namespace) -> int:
     from clip4str.evaluate import evaluate_label_file, evaluate_layout, find_benchmarks, test_charset
 
     prog = "clip4str eval"
+    if args.scenes is not None:  # whole photos: detection + end-to-end (clip4str.eval_scenes)
+        from clip4str.cli._scenes import run_scenes
+
+        return run_scenes(args)
     if (args.data is None) == (args.labels is None):
         print(f"{prog}: error: give exactly one of --data ROOT or --labels FILE", file=sys.stderr)
         return 2
@@ -130,6 +134,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--labels", metavar="FILE", help="label file: path<TAB>label per line, paths relative to it"
     )
     source.add_argument("--images", metavar="DIR", help="folder the label file's paths are relative to")
+    source.add_argument(
+        "--scenes",
+        metavar="DIR",
+        help="whole photos, ICDAR 2015 layout (Imgs/img_N.jpg, Gts/gt_img_N.txt): detection and end-to-end "
+        "precision / recall / hmean",
+    )
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument("--cased", action="store_true", help="case-sensitive: test charset 62")
     protocol.add_argument("--punctuation", action="store_true", help="add punctuation to the test charset")
@@ -149,4 +159,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--errors", metavar="FILE", help="write every wrong prediction here (TSV)")
     parser.add_argument("--workers", type=int, default=4, help="image decoding threads (default: 4)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    from clip4str.cli._scenes import add_scene_arguments
+
+    add_scene_arguments(parser)
     parser.set_defaults(handler=run)
