@@ -40,6 +40,7 @@ from clip4str.config import (
     ModelConfig,
     PreprocessConfig,
     apply_overrides,
+    parse_json,
 )
 from clip4str.errors import CheckpointError
 from clip4str.model.clip4str import CLIP4STR
@@ -122,9 +123,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], ModelConfig | None
 
 def _config_from_json(text: str, source: Path) -> ModelConfig:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{source}: config is not valid JSON: {err}") from err
+        data = parse_json(text, f"{source}: config")
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from err
     if not isinstance(data, dict):
         raise CheckpointError(f"{source}: config must be a JSON object, got {type(data).__name__}")
     data.pop("format_version", None)
@@ -166,6 +167,9 @@ def config_from_official(state_dict: Mapping[str, Tensor], hparams: Mapping[str,
     )
     num_classes = state_dict["visual_decoder.head.weight"].shape[0]
     charset_train = hp.get("charset_train") or _charset_for_head(num_classes)
+    for key in ("charset_train", "charset_test"):
+        if key in hp and hp[key] is not None and not isinstance(hp[key], str):
+            raise CheckpointError(f"hyper_parameters.{key} must be a string, got {hp[key]!r}"[:200])
     if len(charset_train) + 1 != num_classes:
         raise CheckpointError(
             f"hyper_parameters.charset_train has {len(charset_train)} characters but the head predicts "
@@ -243,10 +247,15 @@ def load_model(
     if config is None:
         from clip4str.model.peft import convert_str_adapter, is_str_adapter_state_dict
 
-        if is_str_adapter_state_dict(sd):  # the official single-branch STRAdapter models
-            config, sd = convert_str_adapter(sd, hparams)
-        else:
-            config = config_from_official(sd, hparams)
+        try:
+            if is_str_adapter_state_dict(sd):  # the official single-branch STRAdapter models
+                config, sd = convert_str_adapter(sd, hparams)
+            else:
+                config = config_from_official(sd, hparams)
+        except CheckpointError:
+            raise
+        except (ConfigError, TypeError, ValueError, KeyError, IndexError) as err:  # e.g. hostile hparams
+            raise CheckpointError(f"{path}: unusable sizes or hyper-parameters: {err}") from err
     if overrides:
         items = overrides.items() if isinstance(overrides, Mapping) else None
         texts = [f"{k}={json.dumps(v)}" for k, v in items] if items is not None else list(overrides)
@@ -282,11 +291,17 @@ def save_model(
 
 
 def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    """``write(tmp_path)`` then rename onto ``target``; on failure (e.g. a full disk) ``target`` is untouched."""
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
         write(tmp)
         os.replace(tmp, target)
+    except Exception as err:  # noqa: BLE001 - OSError, or the safetensors writer's own error type
+        from clip4str.files import write_failure
+
+        raise CheckpointError(write_failure(target, err)) from err
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)

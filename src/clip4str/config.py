@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,43 @@ ADAPTER_KINDS = ("none", "clip-adapter", "ladder")
 
 class ConfigError(ValueError):
     """A configuration value is unknown, mistyped or inconsistent; the message names it."""
+
+
+# Sane bounds, checked before anything is allocated (a hostile or mistyped config must not ask for
+# terabytes): the largest released towers (ViT-H/14: width 1280, 32 layers) are far inside them.
+MAX_WIDTH = 16384
+MAX_LAYERS = 512
+MAX_IMAGE_SIDE = 4096
+MAX_TOKENS = 65536
+MAX_REFINE_ITERS = 100
+MAX_LABEL_LENGTH = 512
+MAX_PARAMETERS = 20_000_000_000
+
+
+def check_int(where: str, value: Any, low: int, high: int) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is an integer in [low, high]."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{where} must be in [{low}, {high}], got {value}")
+
+
+def check_number(where: str, value: Any, low: float, high: float, high_open: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a finite number in [low, high] (or [low, high))."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
+    if not low <= value <= high or (high_open and value == high):
+        raise ConfigError(f"{where} must be in [{low}, {high}{')' if high_open else ']'}, got {value}")
+
+
+def parse_json(text: str, source: str = "config") -> Any:
+    """``json.loads`` whose failures (syntax, absurd nesting) are one :class:`ConfigError` naming ``source``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{source}: not valid JSON: {err}") from err
+    except RecursionError as err:
+        raise ConfigError(f"{source}: JSON nested too deeply") from err
 
 
 class JsonConfig:
@@ -51,7 +89,7 @@ class JsonConfig:
         text = str(path_or_text)
         if not text.lstrip().startswith("{"):
             text = Path(path_or_text).read_text(encoding="utf-8")
-        return cls.from_dict(json.loads(text))  # type: ignore[attr-defined]
+        return cls.from_dict(parse_json(text, str(path_or_text)[:200]))  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -74,15 +112,28 @@ class VisionConfig:
                     raise ConfigError(f"clip.vision.{name} must be an int or [H, W], got {list(value)}")
                 setattr(self, name, value)
         (ih, iw), (ph, pw) = self.image_hw, self.patch_hw
+        for name, value in (("image_size", (ih, iw)), ("patch_size", (ph, pw))):
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ConfigError(f"clip.vision.{name} must be integers, got {list(value)}")
         if min(ph, pw) < 1 or min(ih, iw) < 1:
             raise ConfigError(
                 f"clip.vision.image_size {list(self.image_hw)} and patch_size {list(self.patch_hw)} must be >= 1"
+            )
+        if max(ih, iw) > MAX_IMAGE_SIDE:
+            raise ConfigError(
+                f"clip.vision.image_size {list(self.image_hw)}: each side must be <= {MAX_IMAGE_SIDE}"
             )
         if ih % ph or iw % pw:
             raise ConfigError(
                 f"clip.vision.image_size {list(self.image_hw)} is not a multiple of patch_size "
                 f"{list(self.patch_hw)}"
             )
+        if self.num_tokens > MAX_TOKENS:
+            raise ConfigError(
+                f"clip.vision: image_size {list(self.image_hw)} / patch_size {list(self.patch_hw)} gives "
+                f"{self.num_tokens} tokens; at most {MAX_TOKENS}"
+            )
+        _check_tower("clip.vision", self.width, self.layers, self.heads)
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -118,6 +169,19 @@ class TextConfig:
     context_length: int = 77
     vocab_size: int = 49408
 
+    def __post_init__(self) -> None:
+        _check_tower("clip.text", self.width, self.layers, self.heads)
+        check_int("clip.text.context_length", self.context_length, 1, MAX_TOKENS)
+        check_int("clip.text.vocab_size", self.vocab_size, 1, 1 << 24)
+
+
+def _check_tower(where: str, width: Any, layers: Any, heads: Any) -> None:
+    check_int(f"{where}.width", width, 1, MAX_WIDTH)
+    check_int(f"{where}.layers", layers, 1, MAX_LAYERS)
+    check_int(f"{where}.heads", heads, 1, width)
+    if width % heads:
+        raise ConfigError(f"{where}.heads={heads} does not divide {where}.width={width}")
+
 
 @dataclass
 class CLIPConfig:
@@ -129,6 +193,7 @@ class CLIPConfig:
     activation: str = "quick_gelu"  # "quick_gelu" | "gelu"
 
     def __post_init__(self) -> None:
+        check_int("clip.embed_dim", self.embed_dim, 1, MAX_WIDTH)
         if self.activation not in ("quick_gelu", "gelu"):
             raise ConfigError(f"clip.activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
 
@@ -141,6 +206,12 @@ class DecoderConfig:
     num_heads: int = 8
     mlp_ratio: int = 4
     dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_int("decoder.depth", self.depth, 1, MAX_LAYERS)
+        check_int("decoder.num_heads", self.num_heads, 1, MAX_WIDTH)
+        check_int("decoder.mlp_ratio", self.mlp_ratio, 1, 64)
+        check_number("decoder.dropout", self.dropout, 0.0, 1.0, high_open=True)
 
 
 @dataclass
@@ -156,15 +227,23 @@ class PreprocessConfig:
     interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
-        self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
-        self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
-        self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
-        if len(self.image_size) != 2 or min(self.image_size) <= 0:
+        try:
+            self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
+            self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
+            self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
+        except (TypeError, ValueError, OverflowError) as err:
             raise ConfigError(
-                f"preprocess.image_size must be two positive ints (H, W), got {self.image_size}"
+                f"preprocess: image_size, mean and std must be lists of numbers ({err})"
+            ) from err
+        if len(self.image_size) != 2 or not all(1 <= v <= MAX_IMAGE_SIDE for v in self.image_size):
+            raise ConfigError(
+                f"preprocess.image_size must be two ints (H, W) in [1, {MAX_IMAGE_SIDE}], got {self.image_size}"
             )
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ConfigError("preprocess.mean and preprocess.std must have 3 values, std > 0")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ConfigError("preprocess.mean and preprocess.std must have 3 values")
+        for i in range(3):
+            check_number(f"preprocess.mean[{i}]", self.mean[i], -1e6, 1e6)
+            check_number(f"preprocess.std[{i}]", self.std[i], 1e-12, 1e6)
         if self.interpolation not in ("bicubic", "bilinear", "nearest"):
             raise ConfigError(
                 f"preprocess.interpolation must be bicubic|bilinear|nearest, got {self.interpolation!r}"
@@ -182,8 +261,7 @@ class DecodingConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("ar", "nar"):
             raise ConfigError(f"decoding.mode must be 'ar' or 'nar', got {self.mode!r}")
-        if self.refine_iters < 0:
-            raise ConfigError(f"decoding.refine_iters must be >= 0, got {self.refine_iters}")
+        check_int("decoding.refine_iters", self.refine_iters, 0, MAX_REFINE_ITERS)
 
 
 @dataclass
@@ -238,19 +316,41 @@ class ModelConfig(JsonConfig):
     name: str = ""
 
     def __post_init__(self) -> None:
+        for name in ("charset_train", "charset_test"):
+            value = getattr(self, name)
+            if not isinstance(value, str) and not (name == "charset_test" and value is None):
+                raise ConfigError(f"{name} must be a string of characters, got {value!r}"[:200])
         if not self.charset_train:
             raise ConfigError("charset_train must not be empty")
         if self.charset_test is not None and not self.charset_test:
             raise ConfigError("charset_test must not be empty (leave it unset to use charset_train)")
         if len(set(self.charset_train)) != len(self.charset_train):
             raise ConfigError("charset_train has repeated characters")
-        if self.max_label_length < 1:
-            raise ConfigError(f"max_label_length must be >= 1, got {self.max_label_length}")
+        check_int("max_label_length", self.max_label_length, 1, MAX_LABEL_LENGTH)
+        check_int("caption_length", self.caption_length, 1, MAX_TOKENS)
+        check_int("perm_num", self.perm_num, 1, 10_000)
+        check_number("cross_loss_weight", self.cross_loss_weight, 0.0, 1e6)
         if self.clip.embed_dim % self.decoder.num_heads:
             raise ConfigError(
                 f"decoder.num_heads={self.decoder.num_heads} does not divide the decoder width "
                 f"clip.embed_dim={self.clip.embed_dim}"
             )
+        params = self.approx_parameters()
+        if params > MAX_PARAMETERS:
+            raise ConfigError(
+                f"these sizes give a model of about {params / 1e9:.0f} billion parameters "
+                f"({params * 4 / 2**30:,.0f} GiB in fp32); check the widths and layer counts"
+            )
+
+    def approx_parameters(self) -> int:
+        """Rough parameter count from the sizes alone (to refuse absurd configs before allocating)."""
+        v, t, d = self.clip.vision, self.clip.text, self.decoder
+        ph, pw = v.patch_hw
+        e = self.clip.embed_dim
+        vision = 12 * v.layers * v.width**2 + (v.num_tokens + 3 * ph * pw) * v.width + v.width * e
+        text = 12 * t.layers * t.width**2 + (t.vocab_size + t.context_length) * t.width + t.width * e
+        decoder = 2 * d.depth * (8 + 2 * d.mlp_ratio) * e**2 + 2 * (len(self.charset_train) + 3) * e
+        return vision + text + decoder
 
     @property
     def resolved_charset_test(self) -> str:
@@ -360,6 +460,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
+    except RecursionError:
+        raise ConfigError(f"override {key!r}: its JSON value is nested too deeply") from None
     return key.split("."), value
 
 

@@ -56,7 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per setting")
     p.add_argument("--reference", action="store_true", help="also time the official computation")
-    p.add_argument("--reference-file", default=None, help="path of reference_official.py")
+    p.add_argument(
+        "--reference-file",
+        default=None,
+        help="path of reference_official.py (executed; default: the one of this package's source checkout)",
+    )
     p.add_argument(
         "--ablate",
         action="store_true",
@@ -71,21 +75,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------------------------- helpers
 def find_reference_file(explicit: str | None = None) -> Path:
-    """Locate ``benchmarks/reference_official.py`` (kept outside the package on purpose)."""
-    candidates = [Path(explicit)] if explicit else []
+    """Locate ``benchmarks/reference_official.py`` (kept outside the package on purpose).
+
+    Only the file the user names (``--reference-file``) or the one in the checkout this package was
+    installed from is run: never one found in the current folder, which anyone could have put there.
+    """
     import clip4str
 
-    candidates += [
-        Path.cwd() / "benchmarks" / "reference_official.py",
-        Path(clip4str.__file__).resolve().parents[2] / "benchmarks" / "reference_official.py",
-    ]
+    if explicit:
+        candidates = [Path(explicit)]
+    else:
+        candidates = [Path(clip4str.__file__).resolve().parents[2] / "benchmarks" / "reference_official.py"]
     for path in candidates:
         if path.is_file():
             return path
     raise FileNotFoundError(
         "the reference implementation benchmarks/reference_official.py was not found (looked at "
         + ", ".join(str(c) for c in candidates)
-        + "); run from a clip4str source checkout or pass --reference-file"
+        + "); use a source checkout installed with `pip install -e .`, or pass --reference-file PATH "
+        "(it is executed: name only a file you trust)"
     )
 
 
@@ -245,7 +253,9 @@ def run_benchmark(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    from clip4str.api import check_device
+
+    device = check_device(args.device)  # e.g. cuda on a CPU-only torch: one clear error, before any work
     for mode in args.modes:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")

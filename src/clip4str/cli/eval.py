@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,33 @@ def _dataset_names(values: list[str] | None) -> list[str] | None:
         return None
     names = [n.strip() for v in values for n in v.split(",") if n.strip()]
     return names or None
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    a, b = Path(a), Path(b)
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--out and --errors must be writable file paths that overwrite no input and not each other."""
+    inputs = [("--labels", args.labels), ("--model", args.model)]
+    for option, target in (("--out", args.out), ("--errors", args.errors)):
+        if not target:
+            continue
+        if Path(target).is_dir() or not Path(target).resolve().parent.is_dir():
+            raise ValueError(
+                f"{option} {target}: not a writable file path (a directory, or its folder is missing)"
+            )
+        for name, source in inputs:
+            if source and _same_file(target, source):
+                raise ValueError(
+                    f"{option} {target} is the {name} file: it would be overwritten; write elsewhere"
+                )
+    if args.out and args.errors and _same_file(args.out, args.errors):
+        raise ValueError(f"--out and --errors name the same file ({args.out}); give two paths")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,11 +89,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{prog}: error: label file not found: {args.labels}", file=sys.stderr)
         return 1
 
-    for option, target in (("--out", args.out), ("--errors", args.errors)):
-        if target and (Path(target).is_dir() or not Path(target).resolve().parent.is_dir()):
-            raise ValueError(
-                f"{option} {target}: not a writable file path (a directory, or its folder is missing)"
-            )
+    _check_outputs(args)
     args.charset_test = charset  # the official evaluation gives the test charset to the model
     recognizer = load_recognizer(args)
     options = dict(

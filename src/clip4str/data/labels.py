@@ -194,17 +194,14 @@ def read_label_file(path: str | Path, images_dir: str | Path | None = None) -> l
     Raises:
         DatasetError: the file is missing, empty, or has a line that fits none of the forms (file:line named).
     """
+    from clip4str.files import read_text_file
+
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"label file not found: {path}")
-    base = path.resolve().parent
     root = Path(images_dir) if images_dir is not None else None
     if root is not None and not root.is_dir():
         raise DatasetError(f"images folder not found: {root}")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DatasetError(f"{path}: label file is not UTF-8 text ({err})") from err
+    text = read_text_file(path, "label file", DatasetError)  # a regular file only: never a FIFO or device
+    base = path.resolve().parent
     records: list[tuple[Path, str]] = []
     # split on line feeds only: str.splitlines() would also split inside labels at \x0b, \x1c, \u2028 ...
     for lineno, raw in enumerate(text.split("\n"), 1):

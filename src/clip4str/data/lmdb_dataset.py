@@ -31,7 +31,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from clip4str.data.labels import LabelFilter, read_label_file
 from clip4str.data.lmdb_writer import is_temporary_lmdb
-from clip4str.data.transforms import decode_image_bytes, load_image
+from clip4str.data.transforms import decode_image_bytes, image_size_of_bytes, load_image
 from clip4str.errors import DatasetError, ImageReadError
 
 log = logging.getLogger(__name__)
@@ -99,15 +99,26 @@ _ENVS: dict[tuple[int, int], tuple[int, lmdb.Environment]] = {}
 
 
 def read_num_samples(txn: lmdb.Transaction, path: str | Path) -> int:
+    """``num-samples`` of an LMDB, checked against the keys it really holds (a damaged or hostile value such
+    as 10**12 or -5 would otherwise make readers loop for ever or skip everything)."""
     raw = txn.get(b"num-samples")
     if raw is None:
         raise DatasetError(
             f"LMDB {path} has no 'num-samples' key (unfinished or not in the image-%09d/label-%09d layout)"
         )
     try:
-        return int(raw.decode().strip())
-    except ValueError as err:
-        raise DatasetError(f"LMDB {path}: 'num-samples' is not an integer: {raw[:40]!r}") from err
+        n = int(bytes(raw[:40]).decode("ascii").strip())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DatasetError(f"LMDB {path}: 'num-samples' is not an integer: {bytes(raw[:40])!r}") from err
+    if n < 0:
+        raise DatasetError(f"LMDB {path}: 'num-samples' is {n}; it must be >= 0 (a damaged LMDB?)")
+    entries = int(txn.stat()["entries"])  # keys of the main database
+    if n > entries:  # each sample needs at least its image key
+        raise DatasetError(
+            f"LMDB {path}: 'num-samples' is {n:,} but the LMDB holds only {entries:,} keys; it is damaged or "
+            "not in the image-%09d/label-%09d layout (rewrite it with `clip4str lmdb create`)"
+        )
+    return n
 
 
 class PackedStrings(Sequence[str]):
@@ -284,7 +295,7 @@ class LmdbDataset(_ImageDataset):
     def _big_enough(txn: lmdb.Transaction, index: int, min_dim: int) -> bool:
         raw = txn.get(f"image-{index:09d}".encode())
         try:
-            w, h = decode_image_bytes(raw or b"").size
+            w, h = image_size_of_bytes(raw or b"")  # the header only: nothing is decoded
         except ImageReadError:
             return True  # left for the corrupt-image policy at load time
         return w >= min_dim and h >= min_dim

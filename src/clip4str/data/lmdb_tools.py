@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,21 +35,26 @@ def create_lmdb(
     undecodable ones are skipped and listed in the report. Labels are stored verbatim (the training
     rules are applied when reading). Writing is atomic (see :class:`LmdbWriter`).
 
+    Only regular files of at most ``MAX_IMAGE_BYTES`` are read (a FIFO or a link to a device is skipped,
+    never read); ``out`` may not contain the label file, the images folder or any listed image, and
+    ``overwrite`` replaces only an LMDB folder.
+
     Raises:
-        DatasetError: the label file is missing or malformed, or no image could be read.
+        DatasetError: the label file is missing or malformed, ``out`` would hold an input, or no image
+            could be read.
     """
-    from tqdm import tqdm
+    from clip4str.files import MAX_IMAGE_BYTES, read_regular_file
+    from clip4str.progress import track
 
     records = read_label_file(label_file, images_dir)
+    _check_not_an_input(Path(out), Path(label_file), images_dir, [p for p, _ in records])
     report = CreateReport(Path(out))
     with LmdbWriter(out, overwrite=overwrite) as writer:
-        for path, label in tqdm(
-            records, desc="lmdb create", unit="img", file=sys.stderr, disable=not progress
-        ):
+        for path, label in track(records, desc="lmdb create", unit="img", enabled=progress):
             try:
-                data = path.read_bytes()
-            except OSError as err:
-                report.skipped.append((path, f"cannot read: {err.strerror or err}"))
+                data = read_regular_file(path, MAX_IMAGE_BYTES, "image file", ImageReadError)
+            except ImageReadError as err:
+                report.skipped.append((path, f"cannot read: {err}"))
                 continue
             try:
                 decode_image_bytes(data, str(path))
@@ -65,6 +69,21 @@ def create_lmdb(
             )
     report.written = writer.count
     return report
+
+
+def _check_not_an_input(
+    out: Path, label_file: Path, images_dir: str | Path | None, images: list[Path]
+) -> None:
+    """``out`` must not be, or contain, the label file, the images folder or an image it lists."""
+    target = out.resolve()
+    inputs = [label_file, *([Path(images_dir)] if images_dir is not None else []), *images]
+    for item in inputs:
+        resolved = item.resolve()
+        if resolved == target or target in resolved.parents:
+            raise DatasetError(
+                f"--out {out} would contain the input {item}; write the LMDB to a folder outside the images "
+                "and the label file"
+            )
 
 
 @dataclass
@@ -106,7 +125,7 @@ def lmdb_info(
     drop (:class:`LabelFilter` defaults). With ``verify``, every image is decoded and the undecodable
     ones' indices are listed.
     """
-    from tqdm import tqdm
+    from clip4str.progress import track
 
     infos = []
     for folder in find_lmdbs(path):
@@ -117,7 +136,7 @@ def lmdb_info(
         corrupt: list[int] | None = [] if verify else None
         with open_lmdb(folder).begin() as txn:
             n = read_num_samples(txn, folder)
-            for i in tqdm(range(1, n + 1), desc=folder.name, file=sys.stderr, disable=not progress):
+            for i in track(range(1, n + 1), desc=folder.name, unit="sample", enabled=progress):
                 raw = txn.get(f"label-{i:09d}".encode())
                 if raw is None:
                     missing += 1

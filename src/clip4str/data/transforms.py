@@ -10,7 +10,10 @@ float32. It is bit-exact with the tensors the official code feeds its model.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ from torch import Tensor
 
 from clip4str.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PreprocessConfig
 from clip4str.errors import ImageReadError
+from clip4str.files import MAX_IMAGE_BYTES, read_regular_file
 
 ImageSource = str | Path | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
@@ -35,21 +39,113 @@ __all__ = [
     "ImageSource",
     "Preprocess",
     "decode_image_bytes",
+    "image_size_of_bytes",
     "load_image",
     "normalize_uint8",
     "preprocess",
     "preprocess_one",
     "resize",
+    "to_rgb",
 ]
 
 
-def decode_image_bytes(data: bytes | bytearray | memoryview, name: str = "<bytes>") -> Image.Image:
-    """Decode encoded image bytes (PNG, JPEG, ...) into an RGB image; ``name`` is used in the error."""
+# Images over PIL's hard limit (2 x Image.MAX_IMAGE_PIXELS, 179 Mpx by default) are refused as decompression
+# bombs. Below it every image is legal, so PIL's warning between 89 and 179 Mpx is not repeated here; instead
+# at most DECODE_BUDGET_PIXELS are decoded at once per process (an image larger than the budget decodes alone).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning, module=r"PIL\.")
+DECODE_BUDGET_PIXELS = 48_000_000
+
+
+class _PixelBudget:
+    """A counting semaphore over pixels: threads decoding images share ``limit`` pixels."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def take(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.limit)
+        with self._cond:
+            while self.used and self.used + pixels > self.limit:
+                self._cond.wait()
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= pixels
+                self._cond.notify_all()
+
+
+_BUDGET = _PixelBudget(DECODE_BUDGET_PIXELS)
+
+
+def max_image_pixels() -> int | None:
+    """The largest image (in pixels) decoded: PIL's decompression-bomb error threshold (None: no limit)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode → RGB. 16-bit grayscale (``I;16*``, and ``I`` holding values above 255) is scaled to
+    8 bits (PIL's own conversion clips it, turning most 16-bit images white)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode == "I":
+        a = np.asarray(img)
+        if img.mode.startswith("I;16") or (a.size and int(a.max()) > 255):
+            a = (np.clip(a.astype(np.int64), 0, 65535) * 255 + 32767) // 65535
+        else:
+            a = np.clip(a, 0, 255)
+        return Image.fromarray(a.astype(np.uint8), mode="L").convert("RGB")
+    return img.convert("RGB")
+
+
+def _check_size(img: Image.Image, name: str) -> None:
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise ImageReadError(f"{name}: the image is empty ({w}x{h} pixels)")
+    limit = max_image_pixels()
+    if limit is not None and w * h > limit:
+        raise ImageReadError(
+            f"{name}: {w}x{h} pixels ({w * h / 1e6:.0f} Mpx) is over the {limit / 1e6:.0f} Mpx limit for an "
+            "image (a decompression bomb?); downscale it first"
+        )
+
+
+def _decode(data: bytes | bytearray | memoryview, name: str, what: str) -> Image.Image:
     try:
-        with Image.open(io.BytesIO(bytes(data))) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        with Image.open(io.BytesIO(data)) as img:
+            _check_size(img, name)
+            with _BUDGET.take(img.size[0] * img.size[1]):
+                img.load()
+                rgb = to_rgb(img)
+                return rgb.copy() if rgb is img else rgb  # detached from the (closed) file
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(f"{name}: {err}; refused as a decompression bomb (downscale it first)") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, MemoryError) as err:
+        raise ImageReadError(f"{what}: {err}") from err
+
+
+def decode_image_bytes(data: bytes | bytearray | memoryview, name: str = "<bytes>") -> Image.Image:
+    """Decode encoded image bytes (PNG, JPEG, ...) into an RGB image; ``name`` is used in the error.
+
+    Raises :class:`ImageReadError` for undecodable data, an empty image, or one over
+    :func:`max_image_pixels` (a decompression bomb), never ending a run with another exception.
+    """
+    return _decode(data, name, f"{name}: cannot decode image ({len(data)} bytes)")
+
+
+def image_size_of_bytes(data: bytes | bytearray | memoryview, name: str = "<bytes>") -> tuple[int, int]:
+    """(width, height) from the image header alone (nothing decoded); :class:`ImageReadError` if unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageReadError(f"{name}: cannot decode image ({len(data)} bytes): {err}") from err
 
 
@@ -80,30 +176,25 @@ def load_image(src: ImageSource) -> Image.Image:
     """Return an RGB ``PIL.Image`` from a path, encoded bytes, a PIL image or an array.
 
     Arrays may be HxW, HxWx1, HxWx3 or HxWx4 (alpha dropped, as PIL's ``convert('RGB')`` does), uint8 or
-    float in [0, 1]. EXIF orientation is not applied, as in the official code.
+    float in [0, 1]. 16-bit grayscale is scaled to 8 bits. EXIF orientation is not applied, as in the
+    official code. Files are read only when regular and at most ``MAX_IMAGE_BYTES`` long.
 
     Raises:
-        ImageReadError: a path is missing, unreadable or not an image (the message names the path).
+        ImageReadError: a path is missing, unreadable, not a regular file or not an image; an image is
+            empty (0 pixels) or a decompression bomb (the message names the path).
         ValueError: an array has an unsupported shape, dtype or value range.
     """
     if isinstance(src, Image.Image):
-        return src if src.mode == "RGB" else src.convert("RGB")
+        _check_size(src, "image")
+        return to_rgb(src)
     if isinstance(src, (bytes, bytearray, memoryview)):
         return decode_image_bytes(src)
     if isinstance(src, np.ndarray):
         return _from_array(src)
     if isinstance(src, (str, Path)):
-        path = Path(src)
-        if not path.exists():
-            raise ImageReadError(f"image file not found: {path}")
-        if path.is_dir():
-            raise ImageReadError(f"expected an image file, got a directory: {path}")
-        try:
-            with Image.open(path) as img:
-                img.load()
-                return img.convert("RGB")
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise ImageReadError(f"cannot read image {path}: {err}") from err
+        # A regular file of at most MAX_IMAGE_BYTES: a FIFO or a link to /dev/zero is refused, not read.
+        data = read_regular_file(src, MAX_IMAGE_BYTES, "image file", ImageReadError)
+        return _decode(data, str(src), f"cannot read image {src}")
     raise TypeError(f"cannot load an image from {type(src).__name__}; pass a path, bytes, PIL image or array")
 
 
@@ -125,7 +216,7 @@ def normalize_uint8(pixels: Tensor, mean: Sequence[float], std: Sequence[float])
 
 
 def _to_uint8_chw(img: Image.Image) -> Tensor:
-    arr = np.asarray(img.convert("RGB") if img.mode != "RGB" else img, dtype=np.uint8)
+    arr = np.asarray(to_rgb(img), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 

@@ -28,8 +28,11 @@ from clip4str.config import (
     ConfigError,
     JsonConfig,
     ModelConfig,
+    check_int,
+    check_number,
     from_dict,
     merge_dict,
+    parse_json,
     parse_override,
     to_dict,
 )
@@ -155,24 +158,37 @@ class TrainConfig(JsonConfig):
         _check_choice("accelerator", self.accelerator, ACCELERATORS)
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("optim.lr_scaling", self.optim.lr_scaling, LR_SCALINGS)
-        for name in ("batch_size", "devices", "num_nodes", "log_every_n_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in (
-            "threads",
-            "accumulate",
-            "effective_batch_size",
-            "epochs",
-            "max_steps",
-            "val_every_n_steps",
-            "checkpoint_every_n_steps",
+        # Bounds, so that a mistyped 1e30 fails here (naming the key), not after the model is built.
+        for name, low, high in (
+            ("batch_size", 1, 1 << 16),
+            ("devices", 1, 1 << 12),
+            ("num_nodes", 1, 1 << 12),
+            ("log_every_n_steps", 1, 1 << 40),
+            ("threads", 0, 1 << 12),
+            ("accumulate", 0, 1 << 20),
+            ("effective_batch_size", 0, 1 << 30),
+            ("epochs", 0, 1 << 20),
+            ("max_steps", 0, 1 << 40),
+            ("val_every_n_steps", 0, 1 << 40),
+            ("checkpoint_every_n_steps", 0, 1 << 40),
+            ("seed", -(1 << 63), (1 << 63) - 1),
         ):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+            check_int(name, getattr(self, name), low, high)
         if self.epochs == 0 and self.max_steps == 0:
             raise ConfigError("set epochs or max_steps (both are 0): how long should training run?")
         self._check_batch_arithmetic()
         o = self.optim
+        for name in (
+            "lr",
+            "decoder_lr_factor",
+            "weight_decay",
+            "decoder_wd_factor",
+            "warmup_pct",
+            "grad_clip",
+        ):
+            check_number(f"optim.{name}", getattr(o, name), -1e12, 1e12)
+        for name in ("eps", "div_factor", "final_div_factor"):
+            check_number(f"optim.{name}", getattr(o, name), -1e12, 1e12)
         if not (o.lr > 0 and math.isfinite(o.lr)):
             raise ConfigError(f"optim.lr must be a positive number, got {o.lr}")
         if o.decoder_lr_factor <= 0:
@@ -195,7 +211,16 @@ class TrainConfig(JsonConfig):
             if root not in d.train_root:
                 raise ConfigError(f"data.train_repeat names {root!r}, which is not in data.train_root")
             if not isinstance(times, int) or isinstance(times, bool) or not 1 <= times <= 10_000:
-                raise ConfigError(f"data.train_repeat[{root!r}] must be an integer in [1, 10000], got {times!r}")
+                raise ConfigError(
+                    f"data.train_repeat[{root!r}] must be an integer in [1, 10000], got {times!r}"
+                )
+        for name, low, high in (
+            ("num_workers", 0, 256),
+            ("val_batch_size", 0, 1 << 16),
+            ("max_val_samples", 0, 1 << 40),
+            ("min_image_dim", 0, 1 << 16),
+        ):
+            check_int(f"data.{name}", getattr(d, name), low, high)
         if d.num_workers < 0 or d.val_batch_size < 0 or d.max_val_samples < 0 or d.min_image_dim < 0:
             raise ConfigError(
                 "data.num_workers, data.val_batch_size, data.max_val_samples and data.min_image_dim must be >= 0"
@@ -338,15 +363,14 @@ def _read_raw(spec: str | Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
                 f"{', '.join(train_preset_names())}"
             )
         path = candidate
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"training config file {str(path)!r} does not exist")
     key = str(path.resolve())
     if key in seen:
         raise ConfigError(f"training config {path} extends itself (cycle through {', '.join(seen)})")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON: {err}") from err
+    from clip4str.files import read_text_file
+
+    raw = parse_json(read_text_file(path, "training config", ConfigError, max_bytes=1 << 24), str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object at the top level")
     raw.pop("description", None)

@@ -63,25 +63,44 @@ class MetricsCsv:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``metrics.csv`` as dicts of floats (``step``/``epoch`` as ints, missing cells as None)."""
+    """Rows of a ``metrics.csv`` as dicts of floats (``step``/``epoch`` as ints, missing cells as None).
+
+    Cells that are not numbers are kept as strings (a torn last line of a killed run); a file that is not
+    a metrics CSV, or a row whose step is not a number, raises ValueError naming the file and line.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no {CSV_NAME} at {path}")
     rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for raw in csv.DictReader(f):
-            row: dict[str, Any] = {}
-            for k, v in raw.items():
-                if v in ("", None):
-                    row[k] = None
-                elif k in ("step", "epoch"):
-                    row[k] = int(float(v))
-                else:
-                    try:
-                        row[k] = float(v)
-                    except ValueError:
-                        row[k] = v
-            rows.append(row)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "step" not in reader.fieldnames:
+                raise ValueError(f"{path} is not a clip4str {CSV_NAME}: its header has no 'step' column")
+            for raw in reader:
+                row: dict[str, Any] = {}
+                for k, v in raw.items():
+                    if k is None or isinstance(v, list):
+                        continue  # cells beyond the header
+                    if v in ("", None):
+                        row[k] = None
+                    elif k in ("step", "epoch"):
+                        try:
+                            row[k] = int(float(v))
+                        except (ValueError, OverflowError):
+                            raise ValueError(
+                                f"{path}:{reader.line_num}: {k} {v[:40]!r} is not a number"
+                            ) from None
+                    else:
+                        try:
+                            row[k] = float(v)
+                        except ValueError:
+                            row[k] = v
+                rows.append(row)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a UTF-8 text CSV file ({err.reason})") from None
+    except csv.Error as err:
+        raise ValueError(f"{path}: malformed CSV ({err})") from None
     return rows
 
 

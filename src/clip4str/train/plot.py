@@ -26,7 +26,11 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     rows = read_metrics(csv_path)
 
     def series(key: str) -> tuple[list[int], list[float]]:
-        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None and not math.isnan(r[key])]
+        pts = [
+            (r["step"], r[key])
+            for r in rows
+            if isinstance(r.get("step"), int) and isinstance(r.get(key), float) and math.isfinite(r[key])
+        ]
         return [p[0] for p in pts], [p[1] for p in pts]
 
     loss_x, loss_y = series("train_loss")

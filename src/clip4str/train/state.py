@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from clip4str.errors import CheckpointError
+from clip4str.files import write_failure
 
 STATE_FORMAT = "clip4str-train-state"
 STATE_VERSION = 1
@@ -53,9 +54,16 @@ def atomic_write(target: str | Path, write: Callable[[Any], None]) -> Path:
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> Path:
-    """Write a resume checkpoint atomically."""
+    """Write a resume checkpoint atomically.
+
+    Raises:
+        CheckpointError: the write failed (e.g. a full disk); the previous checkpoint at ``path`` is intact.
+    """
     payload = {"format": STATE_FORMAT, "version": STATE_VERSION, **state}
-    return atomic_write(path, lambda f: torch.save(payload, f))
+    try:
+        return atomic_write(path, lambda f: torch.save(payload, f))
+    except (OSError, RuntimeError) as err:
+        raise CheckpointError(write_failure(Path(path), err)) from err
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
