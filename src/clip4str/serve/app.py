@@ -315,8 +315,9 @@ def create_app(reader: Recognizer, name: str, settings: ServeSettings | None = N
             )
         return items
 
-    def prepare(index: int, name: str, data: bytes, keep: bool) -> tuple[torch.Tensor, Any]:
-        image = open_image(data, f"image {index + 1} ({name})", limits.max_pixels)
+    def prepare(index: int, filename: str, data: bytes, keep: bool) -> tuple[torch.Tensor, Any]:
+        """(runs in the decoding pool) bytes → preprocessed (3, H, W) tensor, and the image if ``keep``."""
+        image = open_image(data, f"image {index + 1} ({filename})", limits.max_pixels)
         return preprocess_one(image, cfg.preprocess), image if keep else None
 
     def options_of(
