@@ -1,7 +1,7 @@
 """The user-facing recognizer: images in, text out.
 
 >>> import clip4str
->>> reader = clip4str.load("clip4str-base")            # or a path to a .ckpt / .pt / model folder
+>>> reader = clip4str.load()  # the shipped clip4str-small; or "clip4str-base", a .ckpt / .pt / model folder
 >>> reader.read("word.png")[0].text
 """
 
@@ -68,6 +68,7 @@ class Recognizer:
         batch_size: int = 32,
         precision: str = "fp32",
         compile: bool = False,
+        name: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -89,6 +90,7 @@ class Recognizer:
             raise ValueError(f"refine_iters must be >= 0, got {self.refine_iters}")
         self.batch_size = batch_size
         self.precision = precision
+        self.name = name or self.model.config.name or "unnamed model"
         if not self.visual_only and self.model.text_encoder is None:
             self.model.caption_tokenizer  # noqa: B018 - finds CLIP's vocabulary now, or says where it looked
         if compile:
@@ -97,6 +99,13 @@ class Recognizer:
     @property
     def config(self):
         return self.model.config
+
+    def __repr__(self) -> str:
+        decoding = "visual only" if self.visual_only else f"{self.mode}, refine_iters={self.refine_iters}"
+        return (
+            f"Recognizer({self.name!r}, device={str(self.device)!r}, {decoding}, precision={self.precision!r}, "
+            f"charset of {len(self.config.resolved_charset_test)})"
+        )
 
     def preprocess(self, images: ImageSource | Sequence[ImageSource]) -> Tensor:
         """Paths, PIL images, bytes or arrays → (N, 3, H, W) float32, as the model expects them."""
@@ -303,7 +312,7 @@ def load(
     Args:
         name_or_path: a release name (``clip4str-base``, ``clip4str-large``, ``clip4str-huge``, ... see
             ``clip4str models``), an official ``.ckpt``/``.pt`` file, or a clip4str model folder/safetensors.
-            Default: the best released B/16.
+            Default: ``clip4str-small``, shipped inside the package (reads offline, no download).
         device, mode, refine_iters, visual_only, charset_test, batch_size, precision, compile: see
             :class:`Recognizer`.
         overrides: config changes applied before building (e.g. ``{'decoder.num_heads': 4}``).
@@ -314,6 +323,7 @@ def load(
     from clip4str.hub import DEFAULT_MODEL, get_release, resolve_model
 
     name_or_path = name_or_path or DEFAULT_MODEL
+    check_device(device)  # before any download: a CUDA device on a CPU-only machine fails at once
     path = resolve_model(name_or_path, cache_dir=cache_dir, offline=offline)
     release = None if Path(name_or_path).exists() else get_release(str(name_or_path))
     if release is not None and release.config_overrides:
@@ -334,4 +344,5 @@ def load(
         batch_size=batch_size,
         precision=precision,
         compile=compile,
+        name=release.name if release is not None else str(path),
     )

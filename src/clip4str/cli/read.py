@@ -13,7 +13,9 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     """Model and decoding options shared by ``read``, ``eval`` and ``bench``."""
     parser.add_argument(
-        "--model", default=None, help="release name or checkpoint path (default: clip4str-base)"
+        "--model",
+        default=None,
+        help="release name or checkpoint path (default: clip4str-small, shipped in the package)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
@@ -47,7 +49,7 @@ def load_recognizer(args: argparse.Namespace):
     import clip4str
     from clip4str.charset import resolve_charset
 
-    return clip4str.load(
+    reader = clip4str.load(
         args.model,
         device=args.device,
         mode=args.decode,
@@ -59,6 +61,8 @@ def load_recognizer(args: argparse.Namespace):
         overrides=args.overrides or None,
         charset_test=resolve_charset(args.charset_test) if getattr(args, "charset_test", None) else None,
     )
+    print(f"clip4str: model {reader.name}", file=sys.stderr)  # never a silent choice of model
+    return reader
 
 
 def expand_paths(specs: list[str]) -> tuple[list[str], list[str]]:
