@@ -21,9 +21,11 @@ import inspect
 import logging
 import os
 import re
+import socket
 import sys
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Iterator, Mapping
@@ -40,6 +42,7 @@ __all__ = [
     "Release",
     "cache_root",
     "cached_path",
+    "download_command",
     "get_release",
     "is_offline",
     "list_models",
@@ -488,6 +491,18 @@ def resolve_model(
         raise ModelNotFoundError(
             _offline_message(rel, dest, "offline mode: HF_HUB_OFFLINE=1" if is_offline() else "offline=True")
         )
+    host = _download_host(rel)
+    why = _unreachable(host)
+    if why is not None:  # at once, not after the hub's retries (half a minute of silence)
+        raise ModelNotFoundError(_offline_message(rel, dest, why))
+    if progress:
+        size = f", {rel.approx_size}" if rel.approx_size else ""
+        print(
+            f"clip4str: downloading model {rel.name!r} ({rel.filename}{size}) from {host}, once, into "
+            f"{cache_root(cache_dir)}",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         if rel.source == "huggingface":
             out = _download_hf(rel, cache_dir, progress)
@@ -503,6 +518,45 @@ def resolve_model(
 
 # --------------------------------------------------------------------------------------------------
 # Downloads
+
+
+def _download_host(rel: Release) -> str:
+    url = rel.url
+    if rel.source == "huggingface" and os.environ.get("HF_ENDPOINT"):
+        url = os.environ["HF_ENDPOINT"]
+    return urllib.parse.urlsplit(url).hostname or url
+
+
+def _unreachable(host: str, timeout: float = 3.0) -> str | None:
+    """Why ``host`` (or the HTTPS proxy, when one is set) cannot be reached now; None when a TCP connection
+    opens. A quick check before a download, so an offline machine gets its message at once."""
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get("https") or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(host):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        name, port, what = parts.hostname, parts.port or 80, f"the HTTPS proxy {parts.hostname}"
+    else:
+        name, port, what = host, 443, host
+    if not name:
+        return None
+    try:
+        with socket.create_connection((name, port), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"no network: {what} cannot be reached ({err.strerror or err})"
+
+
+def download_command(repo: str, filename: str | None = None) -> str:
+    """The shell command that downloads ``repo`` (or one file of it) with the installed huggingface_hub:
+    ``hf download`` (huggingface_hub >= 1.0, where ``huggingface-cli`` is gone) or ``huggingface-cli download``."""
+    try:
+        from importlib.metadata import version
+
+        major = int(version("huggingface_hub").split(".")[0])
+    except Exception:  # noqa: BLE001 - not installed or an odd version string: name the current tool
+        major = 1
+    tool = "hf" if major >= 1 else "huggingface-cli"
+    return f"{tool} download {repo}" + (f" {filename}" if filename else "")
 
 
 @functools.cache

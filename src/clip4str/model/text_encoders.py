@@ -168,9 +168,11 @@ def resolve_model_dir(
             if local_only
             else f"download failed ({type(err).__name__}: {err})"
         )
+        from clip4str.hub import download_command
+
         raise ModelNotFoundError(
             f"text encoder {name_or_path!r} is not available: {how}. Download it once with network access "
-            f"(e.g. `huggingface-cli download {name_or_path}`), or set text_encoder_options.model to a local "
+            f"(e.g. `{download_command(str(name_or_path))}`), or set text_encoder_options.model to a local "
             "folder holding its config.json, tokenizer and weights"
         ) from err
 
