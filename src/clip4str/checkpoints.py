@@ -275,16 +275,24 @@ def load_model(
 
 
 def save_model(
-    model: CLIP4STR, directory: str | Path, extra_metadata: Mapping[str, str] | None = None
+    model: CLIP4STR,
+    directory: str | Path,
+    extra_metadata: Mapping[str, str] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write the own format atomically: ``directory/model.safetensors`` (config in its metadata too) and
     ``directory/config.json``. Returns ``directory``.
+
+    ``dtype`` (e.g. ``torch.bfloat16``) stores the floating-point weights at that precision (half the size);
+    :func:`load_model` always builds an fp32 model from them.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config_text = model.config.to_json()
     metadata = {_METADATA_KEY: config_text, "format_version": _FORMAT_VERSION, **dict(extra_metadata or {})}
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata=metadata))
     _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(config_text + "\n", encoding="utf-8"))
     return directory

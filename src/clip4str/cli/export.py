@@ -1,0 +1,41 @@
+"""``clip4str export``: any supported checkpoint → the package's own format (optionally at half precision)."""
+
+from __future__ import annotations
+
+import argparse
+
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="write a model in the package's own format (safetensors + config.json)",
+        description=(
+            "Load a model (release name, official .ckpt/.pt, or own-format folder) and write it as a folder "
+            "holding config.json and model.safetensors, which `clip4str read --model DIR` and "
+            "`clip4str.load(DIR)` read without unpickling anything. --dtype bf16/fp16 halves the file; "
+            "loading always builds an fp32 model."
+        ),
+    )
+    parser.add_argument("model", help="release name or checkpoint path")
+    parser.add_argument("out", help="folder to write (created; its model files are replaced)")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="precision of the stored weights")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from clip4str.checkpoints import load_model, save_model
+    from clip4str.hub import resolve_model
+
+    model = load_model(resolve_model(args.model), overrides=args.overrides or None)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    out = save_model(model, args.out, dtype=dtype)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    print(f"wrote {out} ({size / 2**20:.1f} MB, {args.dtype})")
+    return 0
