@@ -136,7 +136,9 @@ def _small(
                 patch_size=(4, 8),
                 image_size=(32, 128),
             ),
-            text=TextConfig(width=text_width, layers=text_layers, heads=max(text_width // 64, 1), context_length=16),
+            text=TextConfig(
+                width=text_width, layers=text_layers, heads=max(text_width // 64, 1), context_length=16
+            ),
             activation="quick_gelu",
         ),
         decoder=DecoderConfig(depth=1, num_heads=vision_width // 32, mlp_ratio=4, dropout=0.1),
