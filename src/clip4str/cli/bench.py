@@ -49,6 +49,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--arch", default="vit-b16", help="comma-separated presets, e.g. vit-b16,vit-l14")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="time a real model (release name or path, e.g. clip4str-small) instead of random --arch weights",
+    )
+    p.add_argument(
+        "--images",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="real word images (files, folders, globs), cycled to fill each batch; default: random pixels",
+    )
+    p.add_argument(
+        "--peer",
+        choices=["rapidocr"],
+        default=None,
+        help="also time another reader on the same --images in the same run, and our whole read() "
+        "(decoding + preprocessing) beside it: RapidOCR 3.x's recognizer (pip install 'clip4str[detect]')",
+    )
     p.add_argument("--batch-sizes", type=_csv(int), default=[1, 32], help="default: 1,32")
     p.add_argument("--modes", type=_csv(str), default=["default"], help=f"any of {', '.join(MODES)}")
     p.add_argument("--precision", type=_csv(str), default=["fp32"], help="fp32,bf16,fp16 (fp16: CUDA only)")
@@ -223,6 +242,24 @@ def _check_precision(device, precision: str) -> str | None:
     return None
 
 
+def rapidocr_recognizer(threads: int):
+    """RapidOCR 3.x's recognizer alone (no detection, no angle classifier): BGR array → result."""
+    try:
+        from rapidocr import RapidOCR
+    except ImportError as err:
+        raise ValueError("--peer rapidocr needs RapidOCR: pip install 'clip4str[detect]'") from err
+    engine = RapidOCR(
+        params={
+            "Global.use_det": False,
+            "Global.use_cls": False,
+            "Global.log_level": "error",
+            "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+            "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+        }
+    )
+    return lambda bgr: engine(bgr, use_det=False, use_cls=False, use_rec=True)
+
+
 def make_runners(model, reference, images, kw: dict[str, Any], ablate: bool) -> dict[str, Any]:
     """The callables timed for one setting: the package, optionally its ablations and the reference."""
     from clip4str.model.clip4str import SpeedOptions
@@ -246,10 +283,8 @@ def make_runners(model, reference, images, kw: dict[str, Any], ablate: bool) -> 
 
 def run_benchmark(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
     """Run every (arch, batch size, mode, precision) setting; one result dict per setting."""
+    import numpy as np
     import torch
-
-    from clip4str.model.clip4str import CLIP4STR
-    from clip4str.presets import model_preset
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -264,17 +299,28 @@ def run_benchmark(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
         if why is not None and precision not in ("bf16", "fp16"):
             raise ValueError(why)
     reference_cls = load_reference_class(find_reference_file(args.reference_file)) if args.reference else None
+    pictures = _load_pictures(args.images) if args.images else None
+    if args.peer and pictures is None:
+        raise ValueError("--peer needs --images: the readers are compared on the same real crops")
+    peer = rapidocr_recognizer(torch.get_num_threads()) if args.peer else None
     results = []
-    for arch in [a for a in args.arch.split(",") if a]:
+    for arch, build in _models(args):
         torch.manual_seed(0)
-        model = CLIP4STR(model_preset(arch)).to(device).eval()
+        model = build().to(device).eval()
         if args.compile:
             model.enable_compile()
         reference = reference_cls(model).eval() if reference_cls is not None else None
         height, width = model.config.clip.vision.image_hw
         for batch in args.batch_sizes:
-            gen = torch.Generator().manual_seed(batch)
-            images = torch.randn(batch, 3, height, width, generator=gen).clamp(-1, 1).to(device)
+            if pictures is not None:
+                from clip4str.api import Recognizer
+                from clip4str.data.transforms import preprocess
+
+                chosen = [pictures[i % len(pictures)] for i in range(batch)]
+                images = preprocess(chosen, model.config.preprocess).to(device)
+            else:
+                gen = torch.Generator().manual_seed(batch)
+                images = torch.randn(batch, 3, height, width, generator=gen).clamp(-1, 1).to(device)
             for mode in args.modes:
                 kw = MODES[mode]
                 for precision in args.precision:
@@ -286,6 +332,11 @@ def run_benchmark(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
                         args.max_reference_batch is None or batch <= args.max_reference_batch
                     )
                     runners = make_runners(model, reference if use_ref else None, images, kw, args.ablate)
+                    if peer is not None:
+                        reader = Recognizer(model, device, batch_size=batch, precision=precision, **kw)
+                        bgr = [np.ascontiguousarray(np.asarray(im)[:, :, ::-1]) for im in chosen]
+                        runners["clip4str_read"] = lambda reader=reader, chosen=chosen: reader.read(chosen)
+                        runners[args.peer] = lambda bgr=bgr: [peer(x) for x in bgr]
                     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
                     timing = run_setting(runners, device, precision, args.repeats, args.warmup)
                     row = {
@@ -303,9 +354,40 @@ def run_benchmark(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
                     row["latency_ms"] = ours * 1000
                     if "reference" in timing:
                         row["speedup_vs_reference"] = timing["reference"]["median_s"] / ours
+                    if peer is not None:
+                        ours_read = timing["clip4str_read"]["median_s"]
+                        row["peer"] = args.peer
+                        row["read_images_per_s"] = batch / ours_read
+                        row["peer_images_per_s"] = batch / timing[args.peer]["median_s"]
+                        row["speed_vs_peer"] = timing[args.peer]["median_s"] / ours_read
                     results.append(row)
                     log(format_row(row))
     return results
+
+
+def _models(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """(label, builder) of each model to time: the real --model, or random weights of each --arch."""
+    from clip4str.model.clip4str import CLIP4STR
+    from clip4str.presets import model_preset
+
+    if args.model:
+        from clip4str.checkpoints import load_model
+        from clip4str.hub import resolve_model
+
+        path = resolve_model(args.model)
+        return [(args.model, lambda: load_model(path))]
+    return [(a, lambda a=a: CLIP4STR(model_preset(a))) for a in args.arch.split(",") if a]
+
+
+def _load_pictures(specs: list[str]) -> list[Any]:
+    """The RGB images named by files, folders and globs (at most 1,000)."""
+    from clip4str.cli.read import expand_paths
+    from clip4str.data.transforms import load_image
+
+    paths, unmatched = expand_paths(specs)
+    if unmatched or not paths:
+        raise ValueError(f"--images: no image found at {', '.join(unmatched or specs)}")
+    return [load_image(p) for p in paths[:1000]]
 
 
 def device_name(device) -> str:
@@ -334,6 +416,11 @@ def format_row(row: dict[str, Any]) -> str:
         key = f"no_{name}"
         if key in t:
             text += f" | no {name}: x{t[key]['median_s'] / t['clip4str']['median_s']:.2f} slower"
+    if "peer" in row:
+        text += (
+            f" | read() {row['read_images_per_s']:.2f} img/s vs {row['peer']} {row['peer_images_per_s']:.2f} "
+            f"img/s: x{row['speed_vs_peer']:.2f}"
+        )
     return text
 
 
@@ -354,13 +441,25 @@ def format_markdown(results: list[dict[str, Any]]) -> str:
             + (f"{r['speedup_vs_reference']:.2f}× | " if ref else "– | ")
             + f"{r['loadavg_1min']:.1f} |"
         )
+    peers = [r for r in results if "peer" in r]
+    if peers:
+        lines += [
+            "",
+            "| model | batch | mode | precision | clip4str read() img/s | peer | peer img/s | clip4str ÷ peer |",
+            "|---|---:|---|---|---:|---|---:|---:|",
+        ]
+        for r in peers:
+            lines.append(
+                f"| {r['arch']} | {r['batch']} | {r['mode']} | {r['precision']} | {r['read_images_per_s']:.2f} | "
+                f"{r['peer']} | {r['peer_images_per_s']:.2f} | {r['speed_vs_peer']:.2f}× |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def command_line(args: argparse.Namespace) -> str:
     """The ``clip4str bench`` command that reproduces ``args``."""
     parts = [
-        f"clip4str bench --arch {args.arch}",
+        f"clip4str bench --model {args.model}" if args.model else f"clip4str bench --arch {args.arch}",
         "--batch-sizes " + ",".join(map(str, args.batch_sizes)),
         "--modes " + ",".join(args.modes),
         "--precision " + ",".join(args.precision),
@@ -373,6 +472,10 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append(f"--threads {args.threads}")
     if args.max_reference_batch is not None:
         parts.append(f"--max-reference-batch {args.max_reference_batch}")
+    if args.images:
+        parts.append("--images " + " ".join(args.images))
+    if args.peer:
+        parts.append(f"--peer {args.peer}")
     return " ".join(parts)
 
 
