@@ -35,7 +35,8 @@ class ProgressBar:
         enabled: False silences the bar and the periodic lines (``write`` still prints).
         initial: units already done (a resumed run).
         stream: where to write (default ``sys.stderr``).
-        interval: seconds between plain lines when ``stream`` is not a terminal.
+        interval: seconds between plain lines when ``stream`` is not a terminal (default 30).
+        plain: plain lines even on a terminal (no bar).
     """
 
     def __init__(
@@ -46,17 +47,18 @@ class ProgressBar:
         enabled: bool = True,
         initial: int = 0,
         stream: TextIO | None = None,
-        interval: float = DEFAULT_INTERVAL_S,
+        interval: float | None = None,
+        plain: bool = False,
         **tqdm_options: Any,
     ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.total, self.desc, self.unit, self.enabled = total, desc, unit, enabled
         self.n = self._start_n = initial
-        self.interval = interval
+        self.interval = DEFAULT_INTERVAL_S if interval is None else interval
         self.postfix: dict[str, str] = {}
         self._start = self._last = time.monotonic()
         self._bar = None
-        if enabled and _is_terminal(self.stream):
+        if enabled and not plain and _is_terminal(self.stream):
             from tqdm import tqdm
 
             self._bar = tqdm(

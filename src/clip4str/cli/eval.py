@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.charset is not None and (args.cased or args.punctuation):
         print(
-            f"{prog}: error: --charset replaces --cased/--punctuation; give one or the other", file=sys.stderr
+            f"{prog}: error: --charset-test replaces --cased/--punctuation; give one or the other",
+            file=sys.stderr,
         )
         return 2
     charset = resolve_charset(args.charset) if args.charset else test_charset(args.cased, args.punctuation)
@@ -168,7 +169,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     protocol.add_argument("--cased", action="store_true", help="case-sensitive: test charset 62")
     protocol.add_argument("--punctuation", action="store_true", help="add punctuation to the test charset")
     protocol.add_argument(
-        "--charset", default=None, help="explicit test charset (preset name, file or characters) instead"
+        "--charset-test",
+        "--charset",
+        dest="charset",
+        default=None,
+        help="explicit test charset (preset 36/62/94/vietnamese, a file or the characters) instead of "
+        "--cased/--punctuation, as `read --charset-test` (--charset is the older spelling)",
     )
     protocol.add_argument(
         "--max-label-length",

@@ -56,6 +56,34 @@ def _rows(cache_dir: str | None) -> list[dict[str, Any]]:
     return rows
 
 
+def _json_rows(cache_dir: str | None) -> list[dict[str, Any]]:
+    """Machine-readable rows: the plain name, numbers as numbers, flags as booleans."""
+    from clip4str.hub import DEFAULT_MODEL, cached_path, list_models
+
+    rows = []
+    for rel in list_models():
+        path = cached_path(rel, cache_dir)
+        acc = rel.weighted_accuracy()
+        rows.append(
+            {
+                "name": rel.name,
+                "default": rel.name == DEFAULT_MODEL,
+                "backbone": rel.backbone,
+                "pretrain": rel.pretrain,
+                "data": rel.train_data,
+                "acc": round(acc, 4) if acc is not None else None,
+                "source": rel.source,
+                "cached": path is not None,
+                "alias_of": rel.alias_of,
+                "file": rel.filename,
+                "size": rel.approx_size,
+                "path": str(path) if path is not None else None,
+                "url": rel.url,
+            }
+        )
+    return rows
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     columns = ["name", "backbone", "pretrain", "data", "acc", "source", "cached", "file"]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
@@ -71,10 +99,10 @@ def run(args: argparse.Namespace) -> int:
         for name in args.download:
             print(resolve_model(name, cache_dir=args.cache_dir, progress=not args.quiet))
         return 0
-    rows = _rows(args.cache_dir)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(_json_rows(args.cache_dir), indent=2))
         return 0
+    rows = _rows(args.cache_dir)
     print(_table(rows))
     print(
         f"\nacc: sample-weighted mean accuracy (%) over the 12 benchmarks the official README reports. "

@@ -145,7 +145,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--charset-test",
         default=None,
-        help="restrict predictions to a charset: a preset (36, 62, 94), file or characters",
+        help="characters the visual prediction is restricted to before it is read by the text branch (the "
+        "official evaluation's test charset: it changes the cross-modal result, but the printed text may "
+        "still hold other characters); a preset (36, 62, 94), file or characters",
     )
     parser.add_argument(
         "--json", action="store_true", help="one JSON object per line: path, text, confidence"

@@ -45,7 +45,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="validate the config (paths included) and exit"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--quiet",
+        "--no-progress",
+        dest="quiet",
+        action="store_true",
+        help="no progress bar: a plain progress line every 30 s instead (as when stderr is not a terminal)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -82,9 +88,13 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
-    from clip4str.train.trainer import Trainer
+    from clip4str.train.trainer import Trainer, TrainingStopped
 
-    result = Trainer(cfg, resume=bool(args.resume), progress=not args.no_progress).fit()
+    try:
+        result = Trainer(cfg, resume=bool(args.resume), progress=not args.quiet).fit()
+    except TrainingStopped as stopped:  # SIGTERM / Ctrl-C: a resume point was saved
+        print(f"clip4str train: {stopped}", file=sys.stderr)
+        return 143 if "SIGTERM" in str(stopped) else 130
     print(
         json.dumps(
             {

@@ -28,6 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -134,6 +135,7 @@ class SynthConfig:
                 f"synth: need 1 <= min_length <= max_length, got {self.min_length}, {self.max_length}"
             )
         allowed = set(self.charset)
+        self.words = [unicodedata.normalize("NFC", w) for w in self.words]  # "Tiếng" typed decomposed too
         self.words = [w for w in self.words if w and self.min_length <= len(w) <= self.max_length]
         self.words = [w for w in self.words if set(w) <= allowed or set(_case_variants(w)[1]) <= allowed]
 
@@ -154,26 +156,35 @@ def read_vocabulary(path: str | Path) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 # Fonts and glyph coverage (cached per process)
 
-_FONT_CACHE: dict[tuple[str, int], ImageFont.FreeTypeFont] = {}
+_FONT_CACHE: dict[tuple[str, int, bool], ImageFont.FreeTypeFont] = {}
 _COVERAGE: dict[str, dict[str, bool]] = {}
 _MISSING_PROBE = "\U0010fffd"  # a private-use code point no text font maps
 
 
-def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
-    key = (path, size)
+def _font(path: str, size: int, basic: bool = False) -> ImageFont.FreeTypeFont:
+    """The font at ``size``: with text shaping (raqm) when Pillow has it, or the basic layout (``basic``)."""
+    key = (path, size, basic)
     font = _FONT_CACHE.get(key)
     if font is None:
         if len(_FONT_CACHE) > 512:
             _FONT_CACHE.clear()
-        font = _FONT_CACHE[key] = ImageFont.truetype(path, size)
+        engine = ImageFont.Layout.BASIC if basic else None
+        font = _FONT_CACHE[key] = ImageFont.truetype(path, size, layout_engine=engine)
     return font
 
 
 def font_supports(path: str, text: str) -> bool:
-    """True when the font has a real glyph (not the .notdef box) for every non-space character."""
+    """True when the font has its own glyph (not the .notdef box) for every non-space character of ``text``
+    in NFC.
+
+    The check uses the basic layout, without shaping: a font that lacks a precomposed letter such as "Ắ"
+    would otherwise pass through text shaping, which decomposes it into "A" + breve + acute and, in fonts
+    without mark positioning, draws the marks beside the letter ("MĂ´M"), teaching a model wrong shapes.
+    """
     cache = _COVERAGE.setdefault(path, {})
+    text = unicodedata.normalize("NFC", text)
     try:
-        font = _font(path, 24)
+        font = _font(path, 24, basic=True)
     except OSError:
         return False
     missing = None
@@ -261,10 +272,26 @@ def _contrasting_colour(rng: np.random.Generator, bg: Sequence[int], min_diff: f
     return (0, 0, 0) if _luma(bg) > 127 else (255, 255, 255)
 
 
+def graphemes(text: str) -> list[str]:
+    """``text`` (NFC) cut into user-perceived characters: a base with its combining marks stays whole."""
+    out: list[str] = []
+    for ch in unicodedata.normalize("NFC", text):
+        if out and (unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Mc")):
+            out[-1] += ch
+        else:
+            out.append(ch)
+    return out
+
+
 def _render_line(
     text: str, font: ImageFont.FreeTypeFont, spacing: float, stroke: int
 ) -> tuple[Image.Image, Image.Image]:
-    """Fill and outline masks (L) of one text line; ``spacing`` adds pixels between characters."""
+    """Fill and outline masks (L) of one text line; ``spacing`` adds pixels between characters.
+
+    The text is drawn in NFC, and with extra spacing one grapheme (a letter with its marks) at a time, so
+    a mark is never separated from its letter.
+    """
+    text = unicodedata.normalize("NFC", text)
     pad = stroke + 2
     if spacing <= 0.5:
         left, top, right, bottom = font.getbbox(text, stroke_width=stroke)
@@ -277,13 +304,14 @@ def _render_line(
         return fill, outline
     # Character by character with extra spacing (advance widths keep the font's metrics).
     ascent, descent = font.getmetrics()
-    widths = [font.getlength(c) for c in text]
-    w = int(math.ceil(sum(widths) + spacing * (len(text) - 1))) + 2 * pad + 4
+    clusters = graphemes(text)
+    widths = [font.getlength(c) for c in clusters]
+    w = int(math.ceil(sum(widths) + spacing * (len(clusters) - 1))) + 2 * pad + 4
     h = ascent + descent + 2 * pad
     fill, outline = Image.new("L", (w, h)), Image.new("L", (w, h))
     df, do = ImageDraw.Draw(fill), ImageDraw.Draw(outline)
     x = float(pad)
-    for c, cw in zip(text, widths):
+    for c, cw in zip(clusters, widths):
         df.text((x, pad), c, font=font, fill=255)
         if stroke:
             do.text((x, pad), c, font=font, fill=255, stroke_width=stroke, stroke_fill=255)
@@ -509,6 +537,18 @@ def _degrade(img: Image.Image, rng: np.random.Generator, cfg: SynthConfig) -> tu
     return img, quality
 
 
+def font_package_hint(text: str) -> str:
+    """A Debian font package that covers ``text``'s script (CJK needs its own Noto package)."""
+    cjk = any(
+        "\u2e80" <= ch <= "\u9fff"
+        or "\uac00" <= ch <= "\ud7af"
+        or "\uf900" <= ch <= "\ufaff"
+        or "\uff00" <= ch <= "\uffef"
+        for ch in text
+    )
+    return "fonts-noto-cjk" if cjk else "fonts-noto-core"
+
+
 def render_sample(index: int, cfg: SynthConfig) -> tuple[bytes, str]:
     """Render sample ``index`` of the dataset defined by ``cfg``: (encoded image bytes, label).
 
@@ -518,7 +558,7 @@ def render_sample(index: int, cfg: SynthConfig) -> tuple[bytes, str]:
         raise ValueError("synth: no fonts given (see find_fonts)")
     rng = np.random.default_rng([cfg.seed, index])
     for _ in range(50):
-        text = _pick_text(rng, cfg)
+        text = unicodedata.normalize("NFC", _pick_text(rng, cfg))
         order = rng.permutation(len(cfg.fonts))
         font_path = next(
             (cfg.fonts[int(i)] for i in order[:8] if font_supports(cfg.fonts[int(i)], text)), None
@@ -528,7 +568,7 @@ def render_sample(index: int, cfg: SynthConfig) -> tuple[bytes, str]:
     else:
         raise ValueError(
             f"synth: none of the {len(cfg.fonts)} fonts renders the charset's characters "
-            f"(last text {text!r}); install fonts that cover it (e.g. Debian fonts-noto-core)"
+            f"(last text {text!r}); install fonts that cover it (e.g. Debian {font_package_hint(text)})"
         )
     bg = _random_colour(rng)
     fg = _contrasting_colour(rng, bg, rng.uniform(50, 160))
@@ -591,16 +631,14 @@ def generate_lmdb(
     """
     if count < 1:
         raise ValueError(f"synth: count must be >= 1, got {count}")
-    from tqdm import tqdm
+    from clip4str.progress import ProgressBar
 
     with LmdbWriter(out, overwrite=overwrite) as writer:
-        bar = tqdm(
-            total=count, unit="img", desc="synth", file=sys.stderr, disable=not progress, smoothing=0.1
-        )
-        for image, label in iter_samples(cfg, count, workers=workers, chunk=chunk):
-            writer.add(image, label)
-            bar.update(1)
-        bar.close()
+        # a bar on a terminal; plain periodic lines in a log
+        with ProgressBar(total=count, unit="img", desc="synth", enabled=progress, smoothing=0.1) as bar:
+            for image, label in iter_samples(cfg, count, workers=workers, chunk=chunk):
+                writer.add(image, label)
+                bar.update(1)
         meta = {k: v for k, v in asdict(cfg).items() if k != "words"}
         meta["num_words"] = len(cfg.words)
         writer.put_meta(b"synth-config", json.dumps(meta, ensure_ascii=False).encode())

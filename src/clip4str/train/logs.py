@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 log = logging.getLogger("clip4str.train")
 
 CSV_NAME = "metrics.csv"
+PROGRESS_INTERVAL_S = 30.0  # seconds between plain progress lines (no terminal, or --quiet)
 COLUMNS = (
     "step",
     "epoch",
@@ -130,28 +130,32 @@ class TensorBoard:
 
 
 class Progress:
-    """A tqdm bar over optimizer steps on stderr (rank 0 only) with loss, learning rate and images/s."""
+    """Progress over optimizer steps on stderr (rank 0 only) with loss, learning rate and images/s: a tqdm
+    bar on a terminal (``bar=True``), else a plain line every ``interval`` seconds, never silent between
+    validations."""
 
-    def __init__(self, total: int, initial: int, enabled: bool) -> None:
-        from tqdm import tqdm
+    def __init__(
+        self, total: int, initial: int, enabled: bool, bar: bool = True, interval: float = 30.0
+    ) -> None:
+        from clip4str.progress import ProgressBar
 
-        self.bar = tqdm(
+        self.bar = ProgressBar(
             total=total,
             initial=initial,
             unit="step",
             desc="train",
-            file=sys.stderr,
-            disable=not enabled,
-            dynamic_ncols=True,
+            enabled=enabled,
+            plain=not bar,
+            interval=PROGRESS_INTERVAL_S if interval is None else interval,
             smoothing=0.05,
         )
 
     def update(self, loss: float, lr: float, images_per_s: float) -> None:
-        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}", refresh=False)
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
         self.bar.update(1)
 
     def write(self, text: str) -> None:
-        self.bar.write(text, file=sys.stderr)
+        self.bar.write(text)
 
     def close(self) -> None:
         self.bar.close()

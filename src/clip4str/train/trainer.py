@@ -23,6 +23,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +37,7 @@ import torch
 from torch import nn
 
 from clip4str.config import ConfigError, ModelConfig
+from clip4str.errors import Clip4strError
 from clip4str.model.clip4str import CLIP4STR
 from clip4str.train.config import TrainConfig, config_diff
 from clip4str.train.metrics import EvalTotals
@@ -92,6 +97,70 @@ def run_dir_of(cfg: TrainConfig) -> Path:
     return Path(cfg.output_dir)
 
 
+class TrainingStopped(Clip4strError):
+    """A run stopped on SIGTERM/SIGINT after saving a resume point; the message says what and how to go on."""
+
+
+class _StopRequest:
+    """SIGTERM (or a first Ctrl-C) asks the loop to stop at the next step boundary, after saving.
+
+    Handlers are installed only in the main thread (elsewhere signals cannot be caught); a second signal
+    falls back to the default behaviour, so a stuck run can still be killed.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal_name = signal.Signals(signum).name
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # a second one is not deferred
+        sys.stderr.write(
+            f"\n{self.signal_name}: stopping after the current step, once a resume point is saved "
+            "(send it again to stop at once, losing the steps since the last save)\n"
+        )
+
+    def requested(self, fabric: Any, world: int) -> bool:
+        if world == 1:
+            return self.signal_name is not None
+        flag = torch.tensor([1.0 if self.signal_name else 0.0], device=fabric.device)
+        return bool(fabric.all_reduce(flag, reduce_op="max").item() > 0)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def is_better(accuracy: float, ned: float, loss: float, best: dict[str, Any]) -> bool:
+    """Whether a validation beats ``best``: higher accuracy, then (a tie, e.g. 0 % early on) higher 1-NED,
+    then lower loss. A best saved by an older version has no 1-NED/loss: any tie then counts as better."""
+    if best.get("accuracy") is None:
+        return True
+    old_ned = best.get("ned")
+    old_loss = best.get("loss")
+    key = (accuracy, ned, -loss)
+    old = (
+        best["accuracy"],
+        -math.inf if old_ned is None else old_ned,
+        -math.inf if old_loss is None else -old_loss,
+    )
+    return key > old
+
+
+def cap_workers(requested: int, device_type: str) -> int:
+    """DataLoader workers for this machine: on the CPU, at most the cores left beside the training process."""
+    if device_type != "cpu" or requested == 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(requested, max(0, cores - 1))
+
+
 def resume_checkpoint_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints" / RESUME_NAME
 
@@ -101,6 +170,8 @@ def load_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> Train
     from clip4str.train.config import load_train_config
 
     path = Path(run_dir) / "train_config.json"
+    if not Path(run_dir).exists():
+        raise ConfigError(f"--resume {run_dir}: no such folder (give the output_dir of an earlier run)")
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a training run folder: {path.name} is missing")
     saved = load_train_config(path)
@@ -120,7 +191,7 @@ class Trainer:
     Args:
         cfg: the training config (validated here, before any work).
         resume: continue the run in ``cfg.output_dir`` from ``checkpoints/last.ckpt``.
-        progress: show the progress bar (rank 0).
+        progress: a progress bar on a terminal (rank 0); False, or a log file, gives plain periodic lines.
         on_step_end: callables invoked with a :class:`StepInfo` after each optimizer step (picklable
             top-level functions when ``strategy='ddp_spawn'``).
     """
@@ -148,6 +219,7 @@ class Trainer:
         self.resume = resume
         self.progress = progress
         self.on_step_end = list(on_step_end)
+        self._stop: _StopRequest | None = None
 
     def fit(self) -> TrainResult:
         """Run training to the end; returns rank 0's :class:`TrainResult`."""
@@ -165,7 +237,9 @@ class Trainer:
             num_nodes=cfg.num_nodes,
             precision=cfg.precision,
         )
-        return fabric.launch(_run, self)
+        with _StopRequest() as stop:
+            self._stop = stop
+            return fabric.launch(_run, self)
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -214,10 +288,15 @@ def _run(fabric: Any, trainer: Trainer) -> TrainResult:  # noqa: C901 - the loop
     train_ds, train_base = build_train_dataset(cfg, model_cfg)
     say(f"training samples ({len(train_base):,}):\n{train_base.summary()}")
     sampler = EpochSampler(len(train_ds), cfg.batch_size, world, rank, seed=cfg.seed)
+    workers = cap_workers(cfg.data.num_workers, fabric.device.type)
+    if workers != cfg.data.num_workers:
+        say(
+            f"data.num_workers {cfg.data.num_workers} -> {workers}: this machine has too few CPU cores for more"
+        )
     loader = make_loader(
         train_ds,
         cfg.batch_size,
-        cfg.data.num_workers,
+        workers,
         sampler=sampler,
         seed=cfg.seed,
         pin_memory=fabric.device.type == "cuda",
@@ -230,7 +309,7 @@ def _run(fabric: Any, trainer: Trainer) -> TrainResult:  # noqa: C901 - the loop
         val_loader = make_loader(
             val_subset(val_ds, cfg.data.max_val_samples, world, rank),
             cfg.data.val_batch_size or cfg.batch_size,
-            cfg.data.num_workers,
+            workers,
         )
 
     acc = cfg.accumulate_steps
@@ -252,7 +331,7 @@ def _run(fabric: Any, trainer: Trainer) -> TrainResult:  # noqa: C901 - the loop
     wrapper, optimizer = fabric.setup(wrapper, optimizer)
     precision = fabric.strategy.precision
     step, epoch, batch_pos = 0, 0, 0
-    best: dict[str, Any] = {"accuracy": None, "step": None}
+    best: dict[str, Any] = {"accuracy": None, "step": None, "ned": None, "loss": None}
     wall_before = 0.0  # training wall time of the earlier sessions of this run (s)
     if state is not None:
         wall_before = float(state.get("wall_s", 0.0))
@@ -275,7 +354,7 @@ def _run(fabric: Any, trainer: Trainer) -> TrainResult:  # noqa: C901 - the loop
         cfg.to_json(run_dir / "train_config.json")
         csv_log = MetricsCsv(run_dir / CSV_NAME, resume_step=step if state is not None else None)
         tb = TensorBoard(run_dir / "tensorboard", purge_step=step + 1 if state is not None else None)
-    bar = Progress(total_steps, step, enabled=is_main and trainer.progress)
+    bar = Progress(total_steps, step, enabled=is_main, bar=trainer.progress)
 
     # --- RNG: fresh per-rank streams, or exactly where the interrupted run was
     model.perm_rng = seed_process(cfg.seed, rank)
@@ -341,9 +420,9 @@ def _run(fabric: Any, trainer: Trainer) -> TrainResult:  # noqa: C901 - the loop
             return
         totals = validate()
         last_val = {"val_accuracy": totals.accuracy, "val_ned": totals.one_minus_ned, "val_loss": totals.loss}
-        improved = best["accuracy"] is None or totals.accuracy > best["accuracy"]
+        improved = is_better(totals.accuracy, totals.one_minus_ned, totals.loss, best)
         if improved:
-            best.update(accuracy=totals.accuracy, step=step)
+            best.update(accuracy=totals.accuracy, step=step, ned=totals.one_minus_ned, loss=totals.loss)
         if is_main:
             csv_log.write(step=step, epoch=epoch, wall_s=wall_s(), **last_val)  # type: ignore[union-attr]
             tb.scalars(step, **last_val)  # type: ignore[union-attr]
@@ -356,6 +435,7 @@ def _run(fabric: Any, trainer: Trainer) -> TrainResult:  # noqa: C901 - the loop
         fabric.barrier()
 
     ckpt_every = cfg.checkpoint_every_n_steps or cfg.val_every_n_steps or steps_per_epoch
+    stop = trainer._stop
     t_last, images_since, loss_sum, loss_count = time.perf_counter(), 0, 0.0, 0
     validated_at = -1
     b = batch_pos
@@ -408,8 +488,18 @@ def _run(fabric: Any, trainer: Trainer) -> TrainResult:  # noqa: C901 - the loop
             if cfg.val_every_n_steps and step % cfg.val_every_n_steps == 0:
                 run_validation()
                 validated_at = step
-            if step % ckpt_every == 0 and step < total_steps:
+            saved = step % ckpt_every == 0 and step < total_steps
+            if saved:
                 save_checkpoint(*pos)
+            if stop is not None and step < total_steps and stop.requested(fabric, world):
+                if not saved:
+                    save_checkpoint(*pos)
+                bar.close()
+                raise TrainingStopped(
+                    f"stopped by {stop.signal_name or 'a signal'} at step {step} of {total_steps}: saved the "
+                    f"resume point {ckpt_path} and the model {run_dir / 'last'}; continue with "
+                    f"`clip4str train --resume {run_dir}`"
+                )
             for hook in trainer.on_step_end:
                 hook(StepInfo(step=step, epoch=epoch, loss=step_loss, total_steps=total_steps))
             if step >= total_steps:
