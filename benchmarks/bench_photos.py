@@ -7,7 +7,7 @@ its recognizer on our crops are measured in the same run. Speeds are wall second
 machine with ``--threads`` threads: compare rows of one run only.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_photos.py --scenes ../shared/realdata/ic15_scenes_test \\
-        --threads 1 --peer                                   # default model (clip4str.load())
+        --threads 1 --peer --tall-crops ../shared/realdata/ic15_word_test   # default model
     ... --model ../shared/golden/clip4str_tiny.ckpt          # any model clip4str.load accepts
 """
 
@@ -82,6 +82,46 @@ def rapidocr_pipeline(paths: list[Path], gts: list, threads: int) -> dict[str, A
     return {"counts": total, "seconds": {"total": seconds}}
 
 
+def tall_crops(readers: dict[str, Any], folder: str) -> list[dict[str, Any]]:
+    """Each reader on the tall crops of a labelled word-crop folder, as boxed and with quarter turns
+    (36-character protocol: lowercase, alphanumerics only)."""
+    import csv
+    import re
+
+    from clip4str.detect import read_regions
+
+    def norm(s: str) -> str:
+        return re.sub("[^0-9a-z]", "", s.lower())
+
+    root = Path(folder)
+    with open(root / "labels.tsv", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+    tall = []
+    for name, label, *_ in rows:
+        im = Image.open(root / name).convert("RGB")
+        if im.height > 1.5 * im.width:
+            tall.append((im, norm(label)))
+    out = []
+    for rname, rd in readers.items():
+        right = {}
+        for orientation in ("none", "auto"):
+            right[orientation] = sum(
+                norm(read_regions(rd, im, [[0, 0, im.width, im.height]], orientation=orientation)[0].text)
+                == lab
+                for im, lab in tall
+            )
+        out.append(
+            {
+                "reader": rname,
+                "crops": len(rows),
+                "tall": len(tall),
+                "right_none": right["none"],
+                "right_auto": right["auto"],
+            }
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orientations", default="auto,none", help="orientation policies to compare")
     parser.add_argument("--peer", action="store_true", help="also measure RapidOCR (pipeline and recognizer)")
     parser.add_argument("--limit", type=int, default=None, help="first N photos only")
+    parser.add_argument(
+        "--tall-crops",
+        metavar="DIR",
+        help="also read the tall crops (height > 1.5 x width) of a labelled word-crop folder (labels.tsv), "
+        "e.g. ../shared/realdata/ic15_word_test, as boxed and with quarter turns",
+    )
     parser.add_argument("--json", metavar="FILE", help="write all results here as JSON")
     args = parser.parse_args(argv)
 
@@ -179,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
 
+    tall_rows = tall_crops(readers, args.tall_crops) if args.tall_crops else []
+
     print(f"\n{n} photos from {args.scenes}, {args.threads} thread(s), model {model_name}\n")
     print(
         "| system | det P / R / H | e2e P / R / H | read right (matched boxes) | s/photo: det + crop + rec = total |"
@@ -196,8 +244,14 @@ def main(argv: list[str] | None = None) -> int:
             f"| {e['precision']:.1f} / {e['recall']:.1f} / **{e['hmean']:.1f}** "
             f"| {r['recognition_only']:.1f} % of {r['matched_boxes']} | {speed} |"
         )
+    for t in tall_rows:
+        print(
+            f"\n{t['reader']}: {t['tall']} tall crops of {t['crops']} in {args.tall_crops}: read right as "
+            f"boxed {t['right_none']}, with quarter turns (orientation auto) {t['right_auto']}"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"photos": n, "model": model_name, "rows": rows}, indent=2))
+        out = {"photos": n, "model": model_name, "rows": rows, "tall_crops": tall_rows}
+        Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 
 
