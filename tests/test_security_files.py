@@ -287,3 +287,28 @@ def test_disk_full_while_writing_loses_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(lmdb_writer.lmdb, "open", real_open)
     assert lmdb_info(out)[0].num_samples == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "out"]
+
+
+@posix_only
+def test_sigterm_during_lmdb_create_leaves_nothing_behind(tmp_path):
+    import signal
+    import subprocess
+
+    folder = label_folder(tmp_path)
+    labels = folder / "many.tsv"
+    labels.write_text("w0.png\tword\n" * 100_000, encoding="utf-8")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clip4str", "lmdb", "create", "--labels", str(labels), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(f"out{lmdb_writer.TMP_MARKER}*")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "lmdb create never started writing"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]

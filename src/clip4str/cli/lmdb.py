@@ -56,11 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _create(args: argparse.Namespace) -> int:
+    from clip4str.cli._signals import sigterm_as_interrupt
     from clip4str.data.lmdb_tools import create_lmdb
 
-    report = create_lmdb(
-        args.labels, args.out, args.images, overwrite=args.overwrite, progress=not args.quiet
-    )
+    with sigterm_as_interrupt():  # killed: the unfinished LMDB is removed, --out untouched
+        report = create_lmdb(
+            args.labels, args.out, args.images, overwrite=args.overwrite, progress=not args.quiet
+        )
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(f"wrote {report.written} samples to {report.out} ({len(report.skipped)} skipped)")

@@ -81,10 +81,13 @@ def _synth(args: argparse.Namespace) -> int:
         f"synth: {len(fonts)} fonts, {len(cfg.words)} words, {args.workers} workers, seed {args.seed}",
         file=sys.stderr,
     )
+    from clip4str.cli._signals import sigterm_as_interrupt
+
     start = time.perf_counter()
-    out = generate_lmdb(
-        args.out, args.count, cfg, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet
-    )
+    with sigterm_as_interrupt():  # killed: the unfinished LMDB is removed, --out untouched
+        out = generate_lmdb(
+            args.out, args.count, cfg, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet
+        )
     elapsed = time.perf_counter() - start
     print(f"wrote {args.count} images to {out} in {elapsed:.1f} s ({args.count / elapsed:.0f} images/s)")
     return 0

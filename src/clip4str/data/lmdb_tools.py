@@ -76,7 +76,8 @@ def _check_not_an_input(
 ) -> None:
     """``out`` must not be, or contain, the label file, the images folder or an image it lists."""
     target = out.resolve()
-    inputs = [label_file, *([Path(images_dir)] if images_dir is not None else []), *images]
+    folders = dict.fromkeys(p.parent for p in images)  # few distinct folders, however many images
+    inputs = [label_file, *([Path(images_dir)] if images_dir is not None else []), *folders]
     for item in inputs:
         resolved = item.resolve()
         if resolved == target or target in resolved.parents:
