@@ -97,10 +97,21 @@ def test_paths_are_reported_and_unreadable_files_skipped(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     det = FunctionDetector(lambda image: [[20, 20, 120, 50]])
-    results = list(iter_photos(FakeReader(), [str(bad), str(good)], det))
-    assert isinstance(results[0][1], ImageReadError)
-    photo = results[1][1]
+    results = list(iter_photos(FakeReader(), [str(good), str(bad), good], det))
+    assert [src for src, _ in results] == [str(good), str(bad), good]  # the input order
+    assert isinstance(results[1][1], ImageReadError)
+    photo = results[0][1]
     assert isinstance(photo, Photo) and photo.path == str(good) and photo.words[0].text == "100x30"
+    assert results[2][1].path == str(good)
+
+    def flaky(image):
+        if image.shape[1] == 50:
+            raise RuntimeError("detector broke")
+        return [[20, 20, 120, 50]]
+
+    small = Image.new("RGB", (50, 50))
+    results = list(iter_photos(FakeReader(), [small, str(good)], flaky))
+    assert isinstance(results[0][1], RuntimeError) and results[1][1].words[0].text == "100x30"
     with pytest.raises(ImageReadError):
         read_photos(FakeReader(), [str(good), str(bad)], det)
 

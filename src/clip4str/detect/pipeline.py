@@ -143,13 +143,16 @@ def iter_photos(
     det = as_detector(detector)
     _tall_ratio(orientation)  # a bad value fails before any work
     clock: dict[str, float] = {} if timer is None else timer
-    batch: list[tuple[ImageSource, Image.Image, np.ndarray]] = []
+    batch: list[tuple[ImageSource, Image.Image | None, np.ndarray | Exception]] = []
 
-    def flush() -> Iterator[tuple[ImageSource, Photo]]:
-        jobs = [(img, q) for _, img, quads in batch for q in quads]
+    def flush() -> Iterator[tuple[ImageSource, Photo | Exception]]:
+        jobs = [(img, q) for _, img, quads in batch if isinstance(quads, np.ndarray) for q in quads]
         words = read_quads(reader, jobs, orientation, clock)
         at = 0
         for src, img, quads in batch:
+            if isinstance(quads, Exception) or img is None:
+                yield src, quads  # type: ignore[misc]
+                continue
             mine = words[at : at + len(quads)]
             at += len(quads)
             ordered = [mine[i] for i in reading_order([np.array(w.box) for w in mine])]
@@ -161,15 +164,18 @@ def iter_photos(
         t = time.perf_counter()
         try:
             img = load_image(src)
-        except Exception as err:  # noqa: BLE001 - reported with its input
+        except Exception as err:  # noqa: BLE001 - reported with its input, in order
             _add(clock, "loading", t)
-            yield src, err
+            batch.append((src, None, err))
             continue
         t = _add(clock, "loading", t)
-        quads = detect_quads(det, img, max_side)
+        try:
+            quads: np.ndarray | Exception = detect_quads(det, img, max_side)
+        except Exception as err:  # noqa: BLE001 - a detector failing on one photo spoils only that one
+            quads = err
         _add(clock, "detection", t)
         batch.append((src, img, quads))
-        if len(batch) >= photos_per_batch:
+        if sum(isinstance(q, np.ndarray) for _, _, q in batch) >= photos_per_batch:
             yield from flush()
     if batch:
         yield from flush()
