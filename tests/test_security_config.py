@@ -256,3 +256,11 @@ def test_load_train_config_reads_no_fifo(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(ConfigError, match="FIFO"):
         load_train_config(fifo)
+
+
+def test_refine_iters_from_the_command_line_is_bounded(capsys):
+    from clip4str.api import Recognizer
+    from clip4str.model.clip4str import CLIP4STR
+
+    with pytest.raises(ValueError, match=r"refine_iters must be in \[0, 100\]"):
+        Recognizer(CLIP4STR(model_preset("tiny")), refine_iters=10**9, visual_only=True)

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from clip4str.config import MAX_REFINE_ITERS
 from clip4str.data.transforms import ImageSource, load_image, preprocess, preprocess_one
 from clip4str.model.clip4str import CLIP4STR
 
@@ -86,8 +87,8 @@ class Recognizer:
         self.visual_only = dec.visual_only if visual_only is None else visual_only
         if self.mode not in ("ar", "nar"):
             raise ValueError(f"mode must be 'ar' or 'nar', got {self.mode!r}")
-        if self.refine_iters < 0:
-            raise ValueError(f"refine_iters must be >= 0, got {self.refine_iters}")
+        if not 0 <= self.refine_iters <= MAX_REFINE_ITERS:  # 10**9 would never finish
+            raise ValueError(f"refine_iters must be in [0, {MAX_REFINE_ITERS}], got {self.refine_iters}")
         self.batch_size = batch_size
         self.precision = precision
         self.name = name or self.model.config.name or "unnamed model"
