@@ -252,10 +252,10 @@ def evaluate_scenes(
     total = SceneCounts()
     seconds: dict[str, float] = {}
     per_photo = []
-    from tqdm import tqdm
+    from clip4str.progress import ProgressBar
 
     start = time.perf_counter()
-    with tqdm(total=len(pairs), unit="photo", disable=not progress, leave=False) as bar:
+    with ProgressBar(total=len(pairs), desc="scenes", unit="photo", enabled=progress, leave=False) as bar:
         for lo in range(0, len(pairs), photos_per_batch):
             chunk = pairs[lo : lo + photos_per_batch]
             photos, times = read_photos_timed(
