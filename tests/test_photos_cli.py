@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -171,3 +172,18 @@ def test_box_files(tmp_path):
         lines.write_text(bad + "\n")
         with pytest.raises(DatasetError, match=match):
             load_box_file(lines)
+
+
+def test_detect_without_the_extra_says_how_to_install_it(ckpt, tmp_path, monkeypatch, capsys):
+    import clip4str.detect.base as base
+
+    monkeypatch.setitem(sys.modules, "rapidocr", None)  # as if not installed
+    monkeypatch.setattr(base, "_DEFAULT", None)
+    img = tmp_path / "p.png"
+    Image.new("RGB", (64, 32), "white").save(img)
+    assert main(["read", "--model", ckpt, "--detect", str(img)]) == 1
+    err = capsys.readouterr().err
+    assert "clip4str[detect]" in err and "model" not in err  # before the model loads
+    boxes = tmp_path / "b.txt"
+    boxes.write_text("0,0,64,32\n")
+    assert main(["read", "--model", ckpt, "--boxes", str(boxes), str(img)]) == 0  # no detector needed
