@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import IN_CI
 from PIL import Image
 
@@ -28,14 +29,22 @@ def ckpt(golden_dir):
 
 
 @pytest.fixture(scope="module")
-def scenes(realdata_dir, tmp_path_factory):
-    """Two IC15 test photos with their ground truth, copied to a scratch folder."""
+def one_thread_detector():
+    """The default detector on one thread, shared by the tests (two spinning ONNX threads crawl on a busy
+    2-core machine)."""
     try:
-        import rapidocr  # noqa: F401
+        from clip4str.detect.rapidocr import RapidOCRDetector
+
+        return RapidOCRDetector(threads=1)
     except ImportError as err:
         if IN_CI:
             pytest.fail(f"the detect extra must be installed under CI: {err}")
         pytest.skip(str(err))
+
+
+@pytest.fixture(scope="module")
+def scenes(realdata_dir, tmp_path_factory, one_thread_detector):
+    """Two IC15 test photos with their ground truth, copied to a scratch folder."""
     src = realdata_dir / "ic15_scenes_test"
     dst = tmp_path_factory.mktemp("scenes")
     (dst / "Imgs").mkdir()
@@ -44,6 +53,23 @@ def scenes(realdata_dir, tmp_path_factory):
         shutil.copy(src / "Imgs" / f"img_{n}.jpg", dst / "Imgs")
         shutil.copy(src / "Gts" / f"gt_img_{n}.txt", dst / "Gts")
     return dst
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: tiny batches on a busy 2-core machine run far faster without OpenMP spinning."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _default_detector(request, monkeypatch):
+    if "scenes" in request.fixturenames:
+        import clip4str.detect.base as base
+
+        monkeypatch.setattr(base, "_DEFAULT", request.getfixturevalue("one_thread_detector"))
 
 
 def _json_lines(text: str) -> list[dict]:

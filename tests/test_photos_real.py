@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import IN_CI
 from PIL import Image
 
@@ -22,6 +23,16 @@ from clip4str.eval_scenes import load_gt
 
 # large, clear words of IC15 test photos 2 and 3 (ground-truth boxes from Gts/gt_img_N.txt)
 CLEAR = {2: ["JOINT", "PAIN"], 3: ["STOREY", "BLOCK"]}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread (and so one ONNX thread for the default detector): no OpenMP spinning on a busy
+    2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
