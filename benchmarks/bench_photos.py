@@ -4,7 +4,8 @@ comparison (readers on the very same detected boxes), and seconds per photo spli
 Every reader reads the same crops of the same detected boxes, so the difference between rows is the
 recognizer alone. With ``--peer``, RapidOCR's own pipeline (its detector, word boxes and recognizer) and
 its recognizer on our crops are measured in the same run. Speeds are wall seconds per photo on this
-machine with ``--threads`` threads: compare rows of one run only.
+machine with ``--threads`` threads, and the process's CPU seconds (steadier on a busy machine): compare
+rows of one run only.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_photos.py --scenes ../shared/realdata/ic15_scenes_test \\
         --threads 1 --peer --tall-crops ../shared/realdata/ic15_word_test   # default model
@@ -69,17 +70,18 @@ def rapidocr_pipeline(paths: list[Path], gts: list, threads: int) -> dict[str, A
         }
     )
     engine(str(paths[0]), use_det=True, use_cls=True, use_rec=True, return_word_box=True)  # warm-up
-    total, seconds = SceneCounts(), 0.0
+    total, seconds, cpu = SceneCounts(), 0.0, 0.0
     for path, gt in zip(paths, gts):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = engine(str(path), use_det=True, use_cls=True, use_rec=True, return_word_box=True)
         seconds += time.perf_counter() - t
+        cpu += time.process_time() - c
         words = []
         if getattr(out, "txts", None) is not None:
             words = [(text, np.asarray(box, float)) for line in out.word_results for (text, _, box) in line]
         counts, _ = score_photo(gt, [b for _, b in words], [w for w, _ in words])
         total.add(counts)
-    return {"counts": total, "seconds": {"total": seconds}}
+    return {"counts": total, "seconds": {"total": seconds}, "cpu": cpu}
 
 
 def tall_crops(readers: dict[str, Any], folder: str) -> list[dict[str, Any]]:
@@ -164,14 +166,15 @@ def main(argv: list[str] | None = None) -> int:
         readers["RapidOCR 3.10 recognizer"] = RapidOCRReader(args.threads)
 
     # Detect once; every reader then reads the same boxes.
-    images, boxes, det_s, load_s = [], [], 0.0, 0.0
+    images, boxes, det_s, load_s, det_cpu = [], [], 0.0, 0.0, 0.0
     detect_quads(detector, Image.open(paths[0]).convert("RGB"))  # warm-up (ONNX sessions)
     for path in paths:
         t = time.perf_counter()
         img = Image.open(path).convert("RGB")
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         boxes.append(detect_quads(detector, img))
         det_s += time.perf_counter() - t1
+        det_cpu += time.process_time() - c1
         load_s += t1 - t
         images.append(img)
     n = len(paths)
@@ -181,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         rd.read([images[0].crop((0, 0, 64, 32))])  # warm-up
         for orientation in [o.strip() for o in args.orientations.split(",") if o.strip()]:
             total, timer, hits, matched = SceneCounts(), {}, 0, 0
+            read_cpu = time.process_time()
             for lo in range(0, n, args.photos_per_batch):
                 chunk = range(lo, min(n, lo + args.photos_per_batch))
                 jobs = [(images[i], q) for i in chunk for q in boxes[i]]
@@ -195,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                         if g is not None:
                             matched += 1
                             hits += transcription_match(gts[i][g].text, w.text)
+            read_cpu = time.process_time() - read_cpu
             rows.append(
                 {
                     "system": f"{name}, orientation {orientation}",
@@ -208,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                         "cropping": timer.get("cropping", 0.0) / n,
                         "recognition": timer.get("recognition", 0.0) / n,
                     },
+                    "cpu_seconds_per_photo": {"detection": det_cpu / n, "reading": read_cpu / n},
                 }
             )
             print(f"done: {rows[-1]['system']}", file=sys.stderr)
@@ -222,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 "recognition_only": 100.0 * c.correct / c.matched if c.matched else 0.0,
                 "matched_boxes": c.matched,
                 "seconds_per_photo": {"total": peer["seconds"]["total"] / n},
+                "cpu_seconds_per_photo": {"total": peer["cpu"] / n},
             }
         )
 
@@ -229,9 +236,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{n} photos from {args.scenes}, {args.threads} thread(s), model {model_name}\n")
     print(
-        "| system | det P / R / H | e2e P / R / H | read right (matched boxes) | s/photo: det + crop + rec = total |"
+        "| system | det P / R / H | e2e P / R / H | read right (matched boxes) "
+        "| wall s/photo: det + crop + rec = total | CPU s/photo |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         d, e, s = r["detection"], r["end_to_end"], r["seconds_per_photo"]
         if "total" in s:
@@ -242,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| {r['system']} | {d['precision']:.1f} / {d['recall']:.1f} / **{d['hmean']:.1f}** "
             f"| {e['precision']:.1f} / {e['recall']:.1f} / **{e['hmean']:.1f}** "
-            f"| {r['recognition_only']:.1f} % of {r['matched_boxes']} | {speed} |"
+            f"| {r['recognition_only']:.1f} % of {r['matched_boxes']} | {speed} "
+            f"| {sum(r['cpu_seconds_per_photo'].values()):.3f} |"
         )
     for t in tall_rows:
         print(
