@@ -45,7 +45,7 @@ def run_scenes(args: argparse.Namespace) -> int:
     if clash:
         print(
             f"{prog}: error: --scenes does not go with {', '.join(clash)} (words match case-insensitively; "
-            "--charset restricts what the model reads)",
+            "--charset-test restricts what the model reads)",
             file=sys.stderr,
         )
         return 2
