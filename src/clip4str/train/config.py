@@ -65,6 +65,9 @@ class DataConfig:
     train_repeat: dict[str, int] = field(default_factory=dict)
     val_root: list[str] = field(default_factory=list)
     augment: bool = True
+    # RandAugment strength (official: 3 ops per image at magnitude 5).
+    augment_layers: int = 3
+    augment_magnitude: float = 5.0
     num_workers: int = 4
     remove_whitespace: bool = True
     normalize_unicode: bool = True
@@ -207,6 +210,11 @@ class TrainConfig(JsonConfig):
         if o.eps <= 0 or o.div_factor <= 0 or o.final_div_factor <= 0:
             raise ConfigError("optim.eps, optim.div_factor and optim.final_div_factor must be > 0")
         d = self.data
+        if not 0 <= d.augment_layers <= 10 or not 0 <= d.augment_magnitude <= 30:
+            raise ConfigError(
+                f"data.augment_layers must be in [0, 10] and data.augment_magnitude in [0, 30], got "
+                f"{d.augment_layers} and {d.augment_magnitude}"
+            )
         for root, times in d.train_repeat.items():
             if root not in d.train_root:
                 raise ConfigError(f"data.train_repeat names {root!r}, which is not in data.train_root")

@@ -140,7 +140,15 @@ def build_train_dataset(cfg: TrainConfig, model_cfg: ModelConfig) -> tuple[Seede
         **_label_kwargs(cfg),
     )
     p = model_cfg.preprocess
-    transform = TrainTransform(p.image_size, p.mean, p.std, augment=cfg.data.augment)
+    d = cfg.data
+    transform = TrainTransform(
+        p.image_size,
+        p.mean,
+        p.std,
+        augment=d.augment and d.augment_layers > 0,
+        magnitude=d.augment_magnitude,
+        num_layers=max(d.augment_layers, 1),
+    )
     return SeededSamples(base, transform, cfg.seed), base
 
 
