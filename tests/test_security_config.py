@@ -14,7 +14,7 @@ import torch
 from clip4str.checkpoints import load_model, save_model
 from clip4str.cli import main
 from clip4str.config import ConfigError, DecoderConfig, ModelConfig, PreprocessConfig, apply_overrides
-from clip4str.errors import CheckpointError
+from clip4str.errors import CheckpointError, WriteError
 from clip4str.presets import model_preset
 from clip4str.safe_pickle import load_pickle
 from clip4str.train import state as train_state
@@ -144,7 +144,7 @@ def test_full_disk_while_saving_training_state_keeps_the_previous_one(tmp_path, 
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(train_state.torch, "save", full)
-    with pytest.raises(CheckpointError, match="the disk is full; the previous one is intact") as info:
+    with pytest.raises(WriteError, match="the disk is full; the previous one is intact") as info:
         train_state.save_state({"step": 2}, path)
     assert "\n" not in str(info.value)
     assert path.read_bytes() == before
@@ -163,7 +163,7 @@ def test_full_disk_while_saving_a_model_keeps_the_previous_one(tiny_model_dir, t
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoints, "save_file", full)
-    with pytest.raises(CheckpointError, match="disk is full"):
+    with pytest.raises(WriteError, match="disk is full"):
         save_model(model, out)
     assert (out / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]

@@ -42,7 +42,7 @@ from clip4str.config import (
     apply_overrides,
     parse_json,
 )
-from clip4str.errors import CheckpointError
+from clip4str.errors import CheckpointError, WriteError
 from clip4str.model.clip4str import CLIP4STR
 from clip4str.safe_pickle import load_pickle, plain
 
@@ -309,7 +309,7 @@ def _atomic_write(target: Path, write) -> None:
     except Exception as err:  # noqa: BLE001 - OSError, or the safetensors writer's own error type
         from clip4str.files import write_failure
 
-        raise CheckpointError(write_failure(target, err)) from err
+        raise WriteError(write_failure(target, err)) from err
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)

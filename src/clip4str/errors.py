@@ -19,3 +19,7 @@ class DatasetError(Clip4strError, ValueError):
 
 class ModelNotFoundError(Clip4strError, FileNotFoundError):
     """A model name or path cannot be resolved (unknown name, offline without a cached file)."""
+
+
+class WriteError(Clip4strError, OSError):
+    """Saving a file failed (e.g. a full disk); the message says that the previous file is intact."""

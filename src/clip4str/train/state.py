@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clip4str.errors import CheckpointError
+from clip4str.errors import CheckpointError, WriteError
 from clip4str.files import write_failure
 
 STATE_FORMAT = "clip4str-train-state"
@@ -63,7 +63,7 @@ def save_state(state: dict[str, Any], path: str | Path) -> Path:
     try:
         return atomic_write(path, lambda f: torch.save(payload, f))
     except (OSError, RuntimeError) as err:
-        raise CheckpointError(write_failure(Path(path), err)) from err
+        raise WriteError(write_failure(Path(path), err)) from err
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
