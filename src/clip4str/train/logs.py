@@ -135,7 +135,7 @@ class Progress:
     validations."""
 
     def __init__(
-        self, total: int, initial: int, enabled: bool, bar: bool = True, interval: float = 30.0
+        self, total: int, initial: int, enabled: bool, bar: bool = True, interval: float | None = None
     ) -> None:
         from clip4str.progress import ProgressBar
 
