@@ -120,7 +120,7 @@ def clip4str_huge14_dfn_rbu(pretrained: bool = True, **kwargs: _Any) -> _Any:
     return _model("clip4str-huge14-dfn-rbu", pretrained, kwargs)
 
 
-def recognizer(model: str = "clip4str-small", **kwargs: _Any) -> _Any:
+def recognizer(model: str = "clip4str-base", **kwargs: _Any) -> _Any:
     """A ready-to-use :class:`clip4str.Recognizer` (preprocessing + model + decoding) for a release name or
     a path; keywords go to :func:`clip4str.load` (e.g. ``device='cuda'``)."""
     _import_clip4str()

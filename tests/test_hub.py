@@ -182,7 +182,9 @@ def test_registry_is_consistent():
 
 def test_friendly_names_pick_the_best_release_of_each_size():
     by_backbone: dict[str, list[hub.Release]] = {}
-    for rel in hub.list_models(include_aliases=False)[1:]:
+    for rel in hub.list_models(include_aliases=False):
+        if rel.source == "package":
+            continue
         by_backbone.setdefault(rel.backbone, []).append(rel)
     for friendly, backbone in [
         ("clip4str-base", "ViT-B/16"),
@@ -194,9 +196,23 @@ def test_friendly_names_pick_the_best_release_of_each_size():
         assert alias.alias_of == best.name and alias.filename == best.filename
     base = hub.RELEASES["clip4str-base"]
     assert base.backbone == "ViT-B/16" and base.alias_of == "clip4str-base16-datacomp-rbu"
-    names = [r.name for r in hub.list_models()]
-    assert names[:4] == ["clip4str-small", "clip4str-base", "clip4str-large", "clip4str-huge"]
-    assert hub.DEFAULT_MODEL == "clip4str-small" and hub.RELEASES[hub.DEFAULT_MODEL].source == "package"
+    names = [r.name for r in hub.list_models() if r.source != "package"]
+    assert names[:3] == ["clip4str-base", "clip4str-large", "clip4str-huge"]
+    assert hub.DEFAULT_MODEL == "clip4str-base"
+
+
+def test_the_small_model_is_listed_only_when_its_weights_are_installed(tmp_path, monkeypatch):
+    assert hub.cached_path(hub.SMALL_MODEL) is None  # not shipped in this version
+    assert "clip4str-small" not in [r.name for r in hub.list_models()]
+    with pytest.raises(ModelNotFoundError, match=r"clip4str train --config small"):
+        hub.resolve_model("clip4str-small")
+    folder = tmp_path / "weights" / "clip4str-small"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    monkeypatch.setattr(hub, "shipped_model_dir", lambda name: tmp_path / "weights" / name)
+    assert hub.list_models()[0].name == "clip4str-small"
+    assert hub.resolve_model("clip4str-small") == folder
 
 
 @pytest.mark.parametrize(
@@ -439,7 +455,7 @@ def test_models_command_lists_and_marks_cached(monkeypatch, capsys, _isolated_ca
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("clip4str-")}
-    assert set(lines) == set(hub.RELEASES)
+    assert set(lines) == {r.name for r in hub.list_models()}
     assert re.search(r"\byes\b", lines[rel.name]) and re.search(r"\bno\b", lines["clip4str-base"])
     assert "(default)" in lines[hub.DEFAULT_MODEL] and "github" in lines[rel.name]
     assert main(["models", "--json"]) == 0

@@ -1,7 +1,7 @@
 """The user-facing recognizer: images in, text out.
 
 >>> import clip4str
->>> reader = clip4str.load()  # the shipped clip4str-small; or "clip4str-base", a .ckpt / .pt / model folder
+>>> reader = clip4str.load("clip4str-base")            # or a path to a .ckpt / .pt / model folder
 >>> reader.read("word.png")[0].text
 """
 
@@ -313,7 +313,7 @@ def load(
     Args:
         name_or_path: a release name (``clip4str-base``, ``clip4str-large``, ``clip4str-huge``, ... see
             ``clip4str models``), an official ``.ckpt``/``.pt`` file, or a clip4str model folder/safetensors.
-            Default: ``clip4str-small``, shipped inside the package (reads offline, no download).
+            Default: ``clip4str-base``, the best released B/16 (downloaded once).
         device, mode, refine_iters, visual_only, charset_test, batch_size, precision, compile: see
             :class:`Recognizer`.
         overrides: config changes applied before building (e.g. ``{'decoder.num_heads': 4}``).

@@ -170,8 +170,8 @@ SMALL_MODEL = Release(
     train_data="120k synthetic + 5.2k real training crops",
     file_format="clip4str-safetensors",
     approx_size="15 MB",
-    notes="Shipped inside the package: reads offline with no download. Trained on a 2-core CPU by "
-    "`clip4str train --config small` (docs/small-model.md); 36 lowercase characters.",
+    notes="Shipped inside the package once trained to a useful accuracy (reads offline, no download). "
+    "Trained on a 2-core CPU by `clip4str train --config small` (docs/small-model.md); 36 characters.",
     measured=MappingProxyType({}),
 )
 
@@ -305,9 +305,9 @@ for _alias, (_target, _note) in _FRIENDLY.items():
     RELEASES[_alias] = dataclasses.replace(RELEASES[_target], name=_alias, alias_of=_target, notes=_note)
 del _alias, _target, _note
 
-DEFAULT_MODEL = "clip4str-small"
-"""The default model: the small CLIP4STR shipped inside the package (no download); the released models are
-one name away (``clip4str-base`` is the best released B/16)."""
+DEFAULT_MODEL = "clip4str-base"
+"""The default model: the best released B/16 (downloaded once). The small CPU model (``clip4str-small``)
+becomes the default once its weights ship inside the package at a useful accuracy (docs/small-model.md)."""
 
 
 def _norm(name: str) -> str:
@@ -325,9 +325,11 @@ del _r, _a
 
 
 def list_models(include_aliases: bool = True) -> list[Release]:
-    """The known models: the shipped one, friendly names (if ``include_aliases``), then one entry per file."""
+    """The known models: the shipped one (when its weights are installed), friendly names (if
+    ``include_aliases``), then one entry per file."""
     friendly = [RELEASES[n] for n in _FRIENDLY] if include_aliases else []
-    return [SMALL_MODEL, *friendly, *_FILES[1:]]
+    shipped = [SMALL_MODEL] if cached_path(SMALL_MODEL) is not None else []
+    return [*shipped, *friendly, *_FILES[1:]]
 
 
 def get_release(name: str) -> Release | None:
@@ -483,8 +485,10 @@ def resolve_model(
         return found
     if rel.source == "package":
         raise ModelNotFoundError(
-            f"model {rel.name!r} should be installed with the package at {shipped_model_dir(rel.location)}, "
-            "but its files are missing: reinstall clip4str, or pass another model with --model"
+            f"model {rel.name!r} is not installed: its files are not at {shipped_model_dir(rel.location)} "
+            "(this version of clip4str does not ship its weights yet). Train it with `clip4str train --config "
+            "small` (docs/small-model.md) and pass the run's best/ folder with --model, or use a released "
+            "model such as 'clip4str-base'"
         )
     dest = _local_dir(cache_dir) / rel.filename
     if offline:

@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="time a real model (release name or path, e.g. clip4str-small) instead of random --arch weights",
+        help="time a real model (release name or path, e.g. clip4str-base) instead of random --arch weights",
     )
     p.add_argument(
         "--images",

@@ -15,7 +15,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="release name or checkpoint path (default: clip4str-small, shipped in the package)",
+        help="release name or checkpoint path (default: clip4str-base)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
