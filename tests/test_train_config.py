@@ -70,7 +70,10 @@ def test_extends_a_preset_from_a_small_file(tmp_path) -> None:
         (["epochs=0"], "set epochs or max_steps"),
         (["charset_test=abcé"], "charset_test has characters that are not in charset_train: 'é'"),
         (["model.clip.vision.image_size=112"], "model.preprocess.image_size [224, 224] must equal"),
-        (["model.clip.vision.image_size=100"], "image_size [100, 100] is not a multiple of patch_size [16, 16]"),
+        (
+            ["model.clip.vision.image_size=100"],
+            "image_size [100, 100] is not a multiple of patch_size [16, 16]",
+        ),
         (["model.clip.vision.patch_size=[4, 0]"], "must be >= 1"),
         (["init=clip:/no/such/ViT.pt"], "init: clip file '/no/such/ViT.pt' does not exist"),
     ],
