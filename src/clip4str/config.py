@@ -102,8 +102,14 @@ class VisionConfig:
     heads: int = 12
     patch_size: int | tuple[int, int] = 16
     image_size: int | tuple[int, int] = 224
+    # Patch embedding: "patch" (CLIP's one strided convolution) or "conv" (3x3 convolutions that halve the
+    # resolution step by step down to the patch grid; learns locality from fewer images when training from
+    # scratch). Official checkpoints are "patch".
+    stem: str = "patch"
 
     def __post_init__(self) -> None:
+        if self.stem not in ("patch", "conv"):
+            raise ConfigError(f"clip.vision.stem must be 'patch' or 'conv', got {self.stem!r}")
         for name in ("patch_size", "image_size"):
             value = getattr(self, name)
             if isinstance(value, (list, tuple)):

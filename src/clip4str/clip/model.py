@@ -162,6 +162,29 @@ class Transformer(nn.Module):
         return x
 
 
+class ConvStem(nn.Module):
+    """3x3 convolutions (GELU between) halving H and/or W until the ``patch`` stride is reached, then a 1x1
+    projection to ``width``: the patch grid of a strided patch convolution, with locality built in.
+    (N, 3, H, W) → (N, width, H / ph, W / pw)."""
+
+    def __init__(self, width: int, patch: tuple[int, int]) -> None:
+        super().__init__()
+        (ph, pw), layers, channels = patch, [], 3
+        if ph & (ph - 1) or pw & (pw - 1):
+            raise ValueError(f"a convolutional stem needs power-of-two patch sides, got {ph}x{pw}")
+        out = max(width // 2 ** max(ph.bit_length(), pw.bit_length()), 16)
+        while ph > 1 or pw > 1:
+            stride = (2 if ph > 1 else 1, 2 if pw > 1 else 1)
+            out = min(out * 2, width)
+            layers += [nn.Conv2d(channels, out, 3, stride=stride, padding=1), nn.GELU()]
+            channels, ph, pw = out, ph // stride[0], pw // stride[1]
+        layers.append(nn.Conv2d(channels, width, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.layers(images)
+
+
 class VisionTransformer(nn.Module):
     """CLIP's ViT: patch conv (no bias), class token, positional embedding, ``ln_pre``, blocks, ``ln_post``,
     ``proj`` (W, E)."""
@@ -172,7 +195,10 @@ class VisionTransformer(nn.Module):
         self.image_hw = cfg.image_hw
         self.patch_hw = cfg.patch_hw
         self.grid_hw = cfg.grid_hw
-        self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_hw, stride=cfg.patch_hw, bias=False)
+        if cfg.stem == "conv":
+            self.stem = ConvStem(width, cfg.patch_hw)
+        else:
+            self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_hw, stride=cfg.patch_hw, bias=False)
         scale = width**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.num_tokens, width))
@@ -180,6 +206,11 @@ class VisionTransformer(nn.Module):
         self.transformer = Transformer(width, cfg.layers, cfg.heads, activation)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, embed_dim))
+
+    @property
+    def patch_embedding(self) -> nn.Module:
+        """(N, 3, H, W) → (N, W, rows, cols): ``conv1`` (CLIP) or the convolutional ``stem``."""
+        return self.stem if hasattr(self, "stem") else self.conv1
 
     def embed(self, images: Tensor) -> Tensor:
         """The input of the first block: patches, class token, positions, ``ln_pre``. (N, 3, H, W) → (N, T, W)."""
@@ -193,7 +224,7 @@ class VisionTransformer(nn.Module):
                 f"images of size {tuple(images.shape[-2:])} do not fit this ViT, whose positional embedding is "
                 f"for {h}x{w} images (patch {ph}x{pw}); resize the images to {h}x{w}"
             )
-        x = self.conv1(images.to(self.conv1.weight.dtype))  # (N, W, rows, cols)
+        x = self.patch_embedding(images.to(self.class_embedding.dtype))  # (N, W, rows, cols)
         x = x.flatten(2).transpose(1, 2)  # (N, rows*cols, W)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
@@ -246,7 +277,7 @@ class CLIP(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.visual.conv1.weight.dtype
+        return self.visual.class_embedding.dtype
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations during backward (both towers) to save memory."""

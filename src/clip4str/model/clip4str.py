@@ -151,7 +151,7 @@ class CLIP4STR(nn.Module):
         visual = clip.visual
         image_stem = [visual.class_embedding, visual.positional_embedding]
         image_head = [
-            visual.conv1.weight,
+            *visual.patch_embedding.parameters(),
             *visual.ln_pre.parameters(),
             *visual.ln_post.parameters(),
             visual.proj,

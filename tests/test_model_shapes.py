@@ -1,0 +1,98 @@
+"""Rectangular inputs and patches (32x128 images, 4x8 patches) and the convolutional stem: config, model,
+checkpoints, training and the fast decoding path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clip4str.charset import CHARSET_36
+from clip4str.checkpoints import load_model, save_model
+from clip4str.config import ConfigError, ModelConfig, VisionConfig
+from clip4str.model.clip4str import CLIP4STR, SpeedOptions
+from clip4str.presets import model_preset
+
+
+def _small(stem: str = "patch") -> CLIP4STR:
+    """The shipped model's shapes with one layer per tower (fast)."""
+    torch.manual_seed(0)
+    cfg = model_preset(
+        "small",
+        charset_train=CHARSET_36,
+        max_label_length=8,
+        clip={"vision": {"layers": 1, "stem": stem}, "text": {"layers": 1}},
+    )
+    return CLIP4STR(cfg).eval()
+
+
+def test_rectangular_sizes_round_trip_through_json() -> None:
+    cfg = model_preset("small")
+    vision = cfg.clip.vision
+    assert vision.image_hw == (32, 128) and vision.patch_hw == (4, 8) and vision.grid_hw == (8, 16)
+    assert vision.num_tokens == 8 * 16 + 1
+    again = ModelConfig.from_json(cfg.to_json())
+    assert again == cfg and again.clip.vision.image_hw == (32, 128)
+    assert VisionConfig(image_size=224, patch_size=16).grid_hw == (14, 14)  # square sizes unchanged
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        ({"image_size": [32, 100], "patch_size": [4, 8]}, "not a multiple of patch_size"),
+        ({"image_size": [32, 128, 3]}, "must be an int or [H, W]"),
+        ({"patch_size": [4, 0], "image_size": [32, 128]}, "must be >= 1"),
+        ({"stem": "resnet"}, "clip.vision.stem must be 'patch' or 'conv'"),
+    ],
+)
+def test_bad_shapes_name_the_value(values, needle) -> None:
+    with pytest.raises(ConfigError) as err:
+        VisionConfig(**values)
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_memory_has_one_token_per_patch_and_wrong_sizes_are_named(stem) -> None:
+    model = _small(stem)
+    with torch.no_grad():
+        assert model.encode(torch.rand(2, 3, 32, 128)).shape == (2, 129, 192)
+        with pytest.raises(ValueError, match="32x128 images"):
+            model.encode(torch.rand(2, 3, 224, 224))
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_fast_decoding_equals_the_plain_computation(stem) -> None:
+    model = _small(stem)
+    images = torch.rand(3, 3, 32, 128) * 2 - 1
+    with torch.no_grad():
+        fast = model.decode(images, refine_iters=1)
+        model.speed = SpeedOptions(kv_cache=False, reuse_memory_kv=False, reuse_text=False)
+        plain = model.decode(images, refine_iters=1)
+    assert torch.allclose(fast, plain, atol=1e-5)
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_checkpoint_round_trip_keeps_shapes_and_logits(stem, tmp_path) -> None:
+    model = _small(stem)
+    images = torch.rand(2, 3, 32, 128)
+    loaded = load_model(save_model(model, tmp_path / "m"))
+    assert loaded.config == model.config
+    with torch.no_grad():
+        assert torch.equal(loaded.decode(images), model.decode(images))
+
+
+def test_training_reaches_the_convolutional_stem() -> None:
+    model = _small("conv").train()
+    loss = model.training_loss(torch.rand(4, 3, 32, 128), ["ab", "cde", "f1", "9z"])
+    loss.backward()
+    assert torch.isfinite(loss)
+    stem_grads = [p.grad for p in model.clip_model.visual.stem.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in stem_grads)
+
+
+def test_convolutional_stem_needs_power_of_two_patches() -> None:
+    with pytest.raises(ValueError, match="power-of-two"):
+        CLIP4STR(
+            model_preset(
+                "small", clip={"vision": {"stem": "conv", "patch_size": [4, 6], "image_size": [32, 126]}}
+            )
+        )
