@@ -75,13 +75,9 @@ def run_scenes(args: argparse.Namespace) -> int:
         scenes=str(args.scenes),
         photos_available=len(pairs),
     )
-    text = report.format(args.format)
-    if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
-        print(f"{prog}: wrote the {args.format} report to {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+    from clip4str.cli.output import write_report
+
+    write_report(report.format(args.format), args.out, args.format, prog)
     per = report.as_dict()["seconds_per_photo"]
     print(
         f"{prog}: {report.photos} photos, s/photo: "

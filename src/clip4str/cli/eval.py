@@ -105,13 +105,9 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate_label_file(recognizer, args.labels, args.images, **options)
     report.settings["model"] = args.model
 
-    text = report.format(args.format)
-    if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
-        print(f"{prog}: wrote the {args.format} report to {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+    from clip4str.cli.output import write_report
+
+    write_report(report.format(args.format), args.out, args.format, prog)
     if args.errors:
         count = report.write_errors(args.errors)
         print(f"{prog}: wrote {count} wrong prediction(s) to {args.errors}", file=sys.stderr)

@@ -89,3 +89,15 @@ def json_line(obj: Any, stream: TextIO | None = None) -> str:
         return json.dumps(obj, ensure_ascii=True)
     text = json.dumps(obj, ensure_ascii=False)
     return _JSON_ESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def write_report(text: str, out: str | None, fmt: str, prog: str) -> None:
+    """A report to the ``out`` file (saying so on stderr), or to stdout."""
+    if out:
+        from pathlib import Path
+
+        Path(out).write_text(text, encoding="utf-8")
+        print(f"{prog}: wrote the {fmt} report to {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
