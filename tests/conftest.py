@@ -24,6 +24,20 @@ def require_shared(relative: str) -> Path:
     return path
 
 
+def offline_env(home: Path) -> dict[str, str]:
+    """This process's environment as a fresh offline machine would have it: no network, empty caches under
+    ``home``, no clip4str or Hugging Face variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "CLIP4STR_"))}
+    env.update(
+        HOME=str(home),
+        XDG_CACHE_HOME=str(home / "cache"),
+        HF_HOME=str(home / "hf"),
+        HF_HUB_OFFLINE="1",
+        HF_ENDPOINT="http://127.0.0.1:9",  # never reach the network, even if offline mode were ignored
+    )
+    return env
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return require_shared("golden")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import offline_env
 
 import clip4str
 from clip4str.clip import tokenizer as tok_module
@@ -178,14 +178,7 @@ def test_the_shipped_vocabulary_is_openais_file(bpe_path):
 
 def test_offline_machine_reads_with_the_shipped_vocabulary(tmp_path):
     """No network, no cache, no variable: the tokenizer still works from the installed package."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "CLIP4STR_BPE"))}
-    env.update(
-        HOME=str(tmp_path),
-        XDG_CACHE_HOME=str(tmp_path / "cache"),
-        HF_HOME=str(tmp_path / "hf"),
-        HF_HUB_OFFLINE="1",
-        HF_ENDPOINT="http://127.0.0.1:9",
-    )
+    env = offline_env(tmp_path)
     code = "from clip4str import clip_tokenize\nprint(clip_tokenize(['hello world'])[0, :4].tolist())\n"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import offline_env
 
 import clip4str
 from clip4str import hub
@@ -103,15 +103,7 @@ def test_read_cli_offline_on_a_fresh_machine(svt, tmp_path) -> None:
     """No network, empty caches, no variables: the CLI reads with the shipped weights and vocabulary."""
     _shipped_dir()
     _, paths, labels = svt
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "CLIP4STR_"))}
-    env.update(
-        HOME=str(tmp_path),
-        XDG_CACHE_HOME=str(tmp_path / "cache"),
-        HF_HOME=str(tmp_path / "hf"),
-        HF_HUB_OFFLINE="1",
-        HF_ENDPOINT="http://127.0.0.1:9",
-        OMP_NUM_THREADS="1",
-    )
+    env = {**offline_env(tmp_path), "OMP_NUM_THREADS": "1"}
     chosen = paths[:16]
     out = subprocess.run(
         [sys.executable, "-m", "clip4str", "read", "--model", "clip4str-small", *map(str, chosen), "--json"],
