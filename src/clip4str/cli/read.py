@@ -10,15 +10,19 @@ from pathlib import Path
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
-def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """Model and decoding options shared by ``read``, ``eval`` and ``bench``."""
+def add_decoding_arguments(parser: argparse.ArgumentParser, batch_size: bool = True) -> None:
+    """Model and decoding options shared by ``read``, ``eval``, ``explain`` and ``serve`` (``batch_size=False``:
+    the caller sets ``args.batch_size`` itself)."""
     parser.add_argument(
         "--model",
         default=None,
         help="release name or checkpoint path (default: clip4str-base)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    if batch_size:
+        parser.add_argument(
+            "--batch-size", type=int, default=32, help="images per forward pass (default: 32)"
+        )
     parser.add_argument(
         "--decode",
         choices=["ar", "nar"],

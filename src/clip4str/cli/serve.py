@@ -64,29 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "GET /openapi.json, and a web page at /. Requests are batched together (--max-batch, --max-wait-ms); "
         "a full queue answers 503 with Retry-After. SIGTERM drains and exits 0. See docs/serving.md.",
     )
-    parser.add_argument(
-        "--model", default=None, help="release name or checkpoint path (default: the package's)"
-    )
+    from clip4str.cli.read import add_decoding_arguments
+
+    add_decoding_arguments(parser, batch_size=False)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    parser.add_argument(
-        "--decode", choices=["ar", "nar"], default=None, help="default decoding (the model's)"
-    )
-    parser.add_argument("--refine-iters", type=int, default=None, help="default refinement iterations")
-    parser.add_argument("--visual-only", action="store_true", help="default to the visual branch alone")
     parser.add_argument(
         "--charset-test", default=None, help="default charset_test: a preset, file or characters"
-    )
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (long GPU runs)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="model config override",
     )
     batching = parser.add_argument_group("batching")
     batching.add_argument(
