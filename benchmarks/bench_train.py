@@ -84,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             return self.model.training_loss(images, labels)
 
     wrapper, optimizer = fabric.setup(LossModule(model), optimizer)
-    size = model.config.clip.vision.image_size
+    height, width = model.config.clip.vision.image_hw
     rng = np.random.default_rng(0)
     batches = [
-        (torch.randn(args.batch_size, 3, size, size), random_labels(args.batch_size, rng))
+        (torch.randn(args.batch_size, 3, height, width), random_labels(args.batch_size, rng))
         for _ in range(args.warmup + args.steps)
     ]
 
