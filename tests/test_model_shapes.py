@@ -9,7 +9,7 @@ import torch
 from clip4str.charset import CHARSET_36
 from clip4str.checkpoints import load_model, save_model
 from clip4str.config import ConfigError, ModelConfig, VisionConfig
-from clip4str.model.clip4str import CLIP4STR, SpeedOptions
+from clip4str.model.clip4str import CLIP4STR, DecodeTrace, SpeedOptions
 from clip4str.presets import model_preset
 
 
@@ -96,3 +96,32 @@ def test_convolutional_stem_needs_power_of_two_patches() -> None:
                 "small", clip={"vision": {"stem": "conv", "patch_size": [4, 6], "image_size": [32, 126]}}
             )
         )
+
+
+def test_context_free_loss_term_is_the_non_autoregressive_reading() -> None:
+    """The extra training term equals the cross-entropy of both branches' non-autoregressive decoding
+    (each position read from [B] and the image alone), added to the unchanged PSM loss."""
+    import torch.nn.functional as F
+
+    model = _small()
+    images, labels = torch.rand(3, 3, 32, 128), ["ab1", "cde", "z"]
+    perms = torch.tensor([[0, 1, 2, 3, 4], [0, 4, 3, 2, 1]])
+    with torch.no_grad():
+        psm = model.training_loss(images, labels, perms=perms)
+        model.config.context_free_loss_weight = 0.5
+        both = model.training_loss(images, labels, perms=perms)
+        trace = DecodeTrace()
+        model.decode(images, mode="nar", refine_iters=0, max_length=3, trace=trace)
+    targets = model.tokenizer.encode(labels)[:, 1:]
+    pad = model.tokenizer.pad_id
+    expected = sum(
+        F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad)
+        for logits in (trace.visual_initial, trace.cross_initial)
+    )
+    assert both.item() == pytest.approx(psm.item() + 0.5 * expected.item(), rel=1e-5)
+
+
+def test_context_free_loss_weight_is_checked_and_off_by_default() -> None:
+    assert ModelConfig().context_free_loss_weight == 0.0
+    with pytest.raises(ConfigError, match="context_free_loss_weight"):
+        ModelConfig(context_free_loss_weight=-1.0)

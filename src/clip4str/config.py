@@ -309,6 +309,10 @@ class ModelConfig(JsonConfig):
     image_freeze_layers: int = 0
     freeze_token_embeddings: bool = False
     cross_loss_weight: float = 1.0
+    # Weight of an extra training term in which every position is read from the image alone (each query sees
+    # only [B], as in non-autoregressive decoding). 0 is the official loss; a from-scratch model ties its
+    # position queries to the image sooner with it.
+    context_free_loss_weight: float = 0.0
     perm_num: int = 6
     perm_forward: bool = True
     perm_mirrored: bool = True
@@ -336,6 +340,7 @@ class ModelConfig(JsonConfig):
         check_int("caption_length", self.caption_length, 1, MAX_TOKENS)
         check_int("perm_num", self.perm_num, 1, 10_000)
         check_number("cross_loss_weight", self.cross_loss_weight, 0.0, 1e6)
+        check_number("context_free_loss_weight", self.context_free_loss_weight, 0.0, 1e6)
         if self.clip.embed_dim % self.decoder.num_heads:
             raise ConfigError(
                 f"decoder.num_heads={self.decoder.num_heads} does not divide the decoder width "

@@ -462,25 +462,17 @@ class CLIP4STR(nn.Module):
         tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
         padding = (tgt_in == tok.pad_id) | (tgt_in == tok.eos_id)
         vis_kv = self.visual_decoder.memory_kv(memory)
+        targets_with_eos = tgt_out
         total = memory.new_zeros(())
         numel = 0
         n = int((tgt_out != tok.pad_id).sum())
         for i, perm in enumerate(perms):
             content_mask, query_mask = attention_masks(perm)
-            vis_logits = self.visual_decoder(
-                tgt_in, vis_kv, query_mask=query_mask, content_mask=content_mask, padding_mask=padding
-            )
-            captions = self.captions_from_logits(vis_logits)
-            cross_mem = self.cross_memory(memory, vis_logits, captions)
-            cross_logits = self.cross_decoder(
-                tgt_in, cross_mem, query_mask=query_mask, content_mask=content_mask, padding_mask=padding
+            vis_logits, captions, cross_logits = self._both_branches(
+                tgt_in, vis_kv, memory, content_mask, query_mask, padding
             )
             if n > 0:
-                ce_vis = F.cross_entropy(vis_logits.flatten(0, 1), tgt_out.flatten(), ignore_index=tok.pad_id)
-                ce_cross = F.cross_entropy(
-                    cross_logits.flatten(0, 1), tgt_out.flatten(), ignore_index=tok.pad_id
-                )
-                total = total + n * (ce_vis + self.config.cross_loss_weight * ce_cross)
+                total = total + n * self._branch_loss(vis_logits, cross_logits, tgt_out)
                 numel += n
             if details is not None:
                 details.setdefault("per_perm", []).append(
@@ -501,7 +493,45 @@ class CLIP4STR(nn.Module):
                 n = int((tgt_out != tok.pad_id).sum())
         if details is not None:
             details.update(tgt=tgt, perms=perms, memory=memory, numel=numel)
-        return total / max(numel, 1)
+        loss = total / max(numel, 1)
+        weight = self.config.context_free_loss_weight
+        if weight > 0:
+            # Every query sees only [B]: each character (and [E]) must be found in the image.
+            size = tgt_in.shape[1]
+            only_bos = torch.full((size, size), float("-inf"), device=images.device)
+            only_bos[:, 0] = 0.0
+            vis_logits, _, cross_logits = self._both_branches(
+                tgt_in, vis_kv, memory, causal_mask(size, images.device), only_bos, padding
+            )
+            loss = loss + weight * self._branch_loss(vis_logits, cross_logits, targets_with_eos)
+        return loss
+
+    def _both_branches(
+        self,
+        tgt_in: Tensor,
+        vis_kv: list[tuple[Tensor, Tensor]],
+        memory: Tensor,
+        content_mask: Tensor,
+        query_mask: Tensor,
+        padding: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One teacher-forced pass of both decoders → (visual logits, captions, cross logits), logits (N, L+1, C)."""
+        vis_logits = self.visual_decoder(
+            tgt_in, vis_kv, query_mask=query_mask, content_mask=content_mask, padding_mask=padding
+        )
+        captions = self.captions_from_logits(vis_logits)
+        cross_mem = self.cross_memory(memory, vis_logits, captions)
+        cross_logits = self.cross_decoder(
+            tgt_in, cross_mem, query_mask=query_mask, content_mask=content_mask, padding_mask=padding
+        )
+        return vis_logits, captions, cross_logits
+
+    def _branch_loss(self, vis_logits: Tensor, cross_logits: Tensor, targets: Tensor) -> Tensor:
+        """Mean cross-entropy of the visual branch plus ``cross_loss_weight`` × the cross-modal branch's."""
+        pad = self.tokenizer.pad_id
+        ce_vis = F.cross_entropy(vis_logits.flatten(0, 1), targets.flatten(), ignore_index=pad)
+        ce_cross = F.cross_entropy(cross_logits.flatten(0, 1), targets.flatten(), ignore_index=pad)
+        return ce_vis + self.config.cross_loss_weight * ce_cross
 
     def validation_logits_loss(self, images: Tensor, labels: list[str]) -> tuple[Tensor, Tensor, int]:
         """Validation: decode exactly ``longest label + 1`` positions → (logits, mean CE, token count)."""
