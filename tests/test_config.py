@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clip4str.config import ConfigError, ModelConfig, apply_overrides, merge_dict, to_dict
+from clip4str.charset import CHARSET_36
+from clip4str.config import ConfigError, ModelConfig, apply_overrides, merge_into, to_dict
 
 
 def test_overrides_are_typed_and_nested():
@@ -37,8 +38,23 @@ def test_free_form_mappings_take_new_keys_and_are_replaced_whole():
     )
     assert cfg.text_encoder_options == {"model": "M-CLIP/x"} and cfg.adapter.options == {"block_ids": [0, 2]}
     data = to_dict(cfg)
-    merge_dict(ModelConfig, data, {"adapter": {"kind": "clip-adapter", "options": {"other": 1}}})
+    merge_into(ModelConfig, data, {"adapter": {"kind": "clip-adapter", "options": {"other": 1}}})
     merged = ModelConfig.from_dict(data)
     assert merged.adapter.kind == "clip-adapter" and merged.adapter.options == {"other": 1}
     with pytest.raises(ConfigError, match="adapter.nope"):
-        merge_dict(ModelConfig, data, {"adapter": {"nope": 1}})
+        merge_into(ModelConfig, data, {"adapter": {"nope": 1}})
+
+
+def test_strings_dotted_keys_and_nested_mappings_are_one_override():
+    as_text = apply_overrides(ModelConfig(), ["decoding.refine_iters=2", 'decoder={"depth": 2}'])
+    as_dotted = apply_overrides(ModelConfig(), {"decoding.refine_iters": 2, "decoder.depth": 2})
+    as_nested = apply_overrides(ModelConfig(), {"decoding": {"refine_iters": 2}, "decoder": {"depth": 2}})
+    assert as_text == as_dotted == as_nested
+    assert as_nested.decoder.num_heads == ModelConfig().decoder.num_heads  # merged, not replaced
+
+
+def test_charset_names_are_resolved_where_configs_merge():
+    cfg = apply_overrides(ModelConfig(), {"charset_train": "36", "charset_test": "0123"})
+    assert cfg.charset_train == CHARSET_36 and cfg.charset_test == "0123"
+    with pytest.raises(ConfigError, match="charset_train: .*repeats"):
+        apply_overrides(ModelConfig(), {"charset_train": "aab"})

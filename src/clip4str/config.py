@@ -6,16 +6,18 @@ checkpoints are converted into one on load (sizes from the weights, charset from
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from clip4str.charset import CHARSET_94
+from clip4str.charset import CHARSET_94, resolve_charset
 
 T = TypeVar("T")
 
@@ -298,10 +300,10 @@ class ModelConfig(JsonConfig):
 
     clip: CLIPConfig = field(default_factory=CLIPConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    charset_train: str = CHARSET_94
+    charset_train: str = field(default=CHARSET_94, metadata={"charset": True})
     # Characters the prediction is restricted to before it is fed to the text encoder and compared with
     # labels (the official ``charset_test``). None means ``charset_train``.
-    charset_test: str | None = None
+    charset_test: str | None = field(default=None, metadata={"charset": True})
     max_label_length: int = 25
     caption_length: int = 16  # CLIP context length for the predicted caption (official ``context_length``)
     # Freezing: N > 0 freezes the first N blocks of a tower with its embeddings, -1 the whole tower.
@@ -476,56 +478,95 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _field_hints(cls: Any) -> dict[str, Any] | None:
-    """Field name → type hint for a dataclass type; None for anything else."""
-    if dataclasses.is_dataclass(cls) and isinstance(cls, type):
-        return typing.get_type_hints(cls)
-    return None
-
-
-def merge_dict(cls: type, base: dict[str, Any], update: dict[str, Any], where: str = "") -> None:
-    """Merge ``update`` into ``base`` (the ``to_dict`` form of dataclass ``cls``) in place.
-
-    Nested config sections merge key by key and unknown keys raise :class:`ConfigError`; free-form mapping
-    fields (``dict[str, Any]``, e.g. ``adapter.options``) are replaced whole.
-    """
-    hints = _field_hints(cls) or {}
-    for key, value in update.items():
-        here = f"{where}.{key}" if where else key
-        if key not in hints:
-            raise ConfigError(f"unknown config key {here!r}; valid keys here: {', '.join(sorted(hints))}")
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            value = to_dict(value)
-        section = _field_hints(hints[key])
-        if section is not None and isinstance(value, dict) and isinstance(base.get(key), dict):
-            merge_dict(hints[key], base[key], value, here)
-        else:
-            base[key] = value
-
-
-def apply_overrides(cfg: T, overrides: list[str]) -> T:
-    """Return a copy of dataclass ``cfg`` with ``key.sub=value`` overrides applied and type-checked.
-
-    Keys inside free-form mapping fields (e.g. ``text_encoder_options.model=...``) may be new.
-    """
-    data = to_dict(cfg)
+def parse_overrides(overrides: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any]:
+    """``['a.b=1', ...]`` or a mapping → one mapping of dotted keys (a mapping is returned as a copy)."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    if isinstance(overrides, str):
+        raise ConfigError(
+            f"overrides must be a list of key=value strings or a mapping, got the string {overrides!r}"
+        )
+    parsed = {}
     for text in overrides:
         path, value = parse_override(text)
-        node: dict[str, Any] = data
-        hints = _field_hints(type(cfg))
-        for i, part in enumerate(path[:-1]):
-            if hints is None:  # inside a free-form mapping: create levels as needed
-                node = node.setdefault(part, {})
-                if not isinstance(node, dict):
-                    raise ConfigError(f"override {text!r}: {'.'.join(path[: i + 1])} is not a mapping")
-                continue
-            if part not in hints or not isinstance(node.get(part), dict):
-                raise ConfigError(f"override {text!r}: {'.'.join(path[: i + 1])} is not a config section")
-            node = node[part]
-            hints = _field_hints(hints[part])
-        if hints is not None and path[-1] not in hints:
-            raise ConfigError(
-                f"override {text!r}: unknown key {'.'.join(path)}; valid keys here: {', '.join(sorted(hints))}"
-            )
-        node[path[-1]] = value
-    return from_dict(type(cfg), data)
+        parsed[".".join(path)] = value
+    return parsed
+
+
+def _section(cls: Any, name: str) -> Any:
+    """The dataclass a field of ``cls`` holds: its type, or ``metadata['section']`` for a mapping field that
+    holds a partial config (``TrainConfig.model``); None for a plain or free-form field."""
+    hint = typing.get_type_hints(cls)[name]
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return hint
+    return next((f.metadata.get("section") for f in dataclasses.fields(cls) if f.name == name), None)
+
+
+def _is_charset(cls: Any, name: str) -> bool:
+    return any(f.name == name and f.metadata.get("charset") for f in dataclasses.fields(cls))
+
+
+def _merge_path(cls: Any, node: dict[str, Any], path: list[str], value: Any, where: str) -> None:
+    key, rest = path[0], path[1:]
+    here = f"{where}.{key}" if where else key
+    if cls is None:  # inside a free-form mapping: any key, levels created as needed
+        if not rest:
+            node[key] = copy.deepcopy(value)
+            return
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{here} is a value, not a mapping; cannot set {here}.{'.'.join(rest)}")
+        _merge_path(None, child, rest, value, here)
+        return
+    hints = typing.get_type_hints(cls)
+    if key not in hints:
+        inside = f" in {where}" if where else ""
+        raise ConfigError(f"unknown config key(s): {here}; valid keys{inside}: {', '.join(sorted(hints))}")
+    section = _section(cls, key)
+    free_form = typing.get_origin(hints[key]) is dict
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = to_dict(value)
+    if rest or (section is not None and isinstance(value, Mapping)):
+        if section is None and not free_form:
+            raise ConfigError(f"{here} is a value, not a config section; cannot set {here}.{'.'.join(rest)}")
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = node[key] = {}
+        if rest:
+            _merge_path(section, child, rest, value, here)
+        else:  # a mapping for a config section merges key by key
+            for sub_key, sub_value in value.items():
+                _merge_path(section, child, [str(sub_key)], sub_value, here)
+        return
+    if _is_charset(cls, key) and isinstance(value, str) and value:
+        try:
+            value = resolve_charset(value)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"{here}: {err}") from err
+    node[key] = copy.deepcopy(value)  # a free-form mapping (e.g. adapter.options) is replaced whole
+
+
+def merge_into(
+    cls: type, data: dict[str, Any], changes: Mapping[str, Any] | Iterable[str], where: str = ""
+) -> None:
+    """Merge ``changes`` into ``data``, the (possibly partial) ``to_dict`` form of dataclass ``cls``, in place.
+
+    This is the one way configs are combined (presets with variants and overrides, training recipes with
+    ``extends`` and ``--set``, overrides at load time). ``changes`` is a mapping or ``'key=value'`` strings
+    (values are JSON when they parse). Keys may be dotted (``'decoding.refine_iters'``). A mapping given for a
+    config section merges key by key; for a free-form mapping field (``adapter.options``,
+    ``text_encoder_options``) it replaces the field whole, while a dotted key reaching inside one sets just
+    that key. Charset fields take a charset name ('36', '94', 'vietnamese'), a file or the characters
+    (:func:`~clip4str.charset.resolve_charset`). Unknown keys raise :class:`ConfigError` naming the dotted path.
+    """
+    for key, value in parse_overrides(changes).items():
+        _merge_path(cls, data, str(key).split("."), value, where)
+
+
+def apply_overrides(cfg: T, overrides: Mapping[str, Any] | Iterable[str] | None, where: str = "") -> T:
+    """A copy of dataclass ``cfg`` with ``overrides`` merged (:func:`merge_into`) and every value checked."""
+    data = to_dict(cfg)
+    merge_into(type(cfg), data, overrides or {}, where)
+    return from_dict(type(cfg), data, prefix=where)

@@ -1,4 +1,9 @@
-"""Architecture presets: :class:`~clip4str.config.ModelConfig` factories for the official CLIP4STR sizes.
+"""What defines a model: architecture presets and the variants laid over them.
+
+:func:`model_preset` ``(name, *variants, **overrides)`` is the one place a :class:`~clip4str.config.ModelConfig`
+is put together: an architecture preset (or a config), then variants (``configs/models/*.json``, partial
+configs such as ``'ladder'`` or ``'vietnamese'``), then overrides, merged by
+:func:`clip4str.config.merge_into`.
 
 Sizes are those the official code builds (``strhub.clip.model.build_model`` on the released CLIP weights):
 OpenAI-layout towers with QuickGELU and ``width // 64`` attention heads (so ViT-H/14 has 20 vision heads,
@@ -11,6 +16,9 @@ OpenAI shapes, so ``vit-b16`` also describes the DataComp-1B B/16 release.
 (1024, 768, 8)
 >>> model_preset("tiny", decoder={"num_heads": 4}).decoder.num_heads
 4
+>>> cfg = model_preset("tiny", "clip-adapter")
+>>> cfg.adapter.kind, cfg.image_freeze_layers, cfg.text_freeze_layers
+('clip-adapter', -1, -1)
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ import difflib
 import functools
 import re
 from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from clip4str.config import (
@@ -30,11 +40,21 @@ from clip4str.config import (
     TextConfig,
     VisionConfig,
     from_dict,
-    merge_dict,
+    merge_into,
+    parse_json,
     to_dict,
 )
 
-__all__ = ["MODEL_PRESETS", "PRESET_ALIASES", "model_preset", "preset_names"]
+__all__ = [
+    "MODEL_PRESETS",
+    "PRESET_ALIASES",
+    "VARIANTS",
+    "load_variant",
+    "model_preset",
+    "preset_names",
+    "variant_description",
+    "variant_names",
+]
 
 
 def _official(
@@ -182,15 +202,7 @@ def preset_names() -> list[str]:
     return list(MODEL_PRESETS)
 
 
-def model_preset(name: str, **overrides: Any) -> ModelConfig:
-    """The :class:`ModelConfig` of preset ``name`` with ``overrides`` applied.
-
-    ``name`` is one of :data:`MODEL_PRESETS` (case, ``/``, ``_`` and ``-`` are ignored, so ``'ViT-B/16'``
-    works) or an alias such as the official experiment name ``'vl4str-large'``. ``overrides`` are
-    top-level :class:`ModelConfig` fields; a section (``clip``, ``decoder``, ``preprocess``, ``decoding``)
-    takes a dataclass or a partial dict that is merged, e.g. ``decoder={'num_heads': 4}`` or
-    ``clip={'vision': {'image_size': 336}}``. Unknown presets and keys raise :class:`ConfigError`.
-    """
+def _preset(name: str) -> ModelConfig:
     canonical = _LOOKUP.get(_key(str(name)))
     if canonical is None:
         valid = list(MODEL_PRESETS) + list(PRESET_ALIASES)
@@ -200,9 +212,68 @@ def model_preset(name: str, **overrides: Any) -> ModelConfig:
             f"unknown model preset {name!r}.{hint} Valid presets: {', '.join(MODEL_PRESETS)} "
             f"(aliases: {', '.join(PRESET_ALIASES)})"
         )
-    cfg = MODEL_PRESETS[canonical]()
-    if not overrides:
+    return MODEL_PRESETS[canonical]()
+
+
+def model_preset(name: str | ModelConfig, *variants: str | Path, **overrides: Any) -> ModelConfig:
+    """Preset ``name`` (or a config) with ``variants`` laid over it in order, then ``overrides``.
+
+    ``name`` is one of :data:`MODEL_PRESETS` (case, ``/``, ``_`` and ``-`` are ignored, so ``'ViT-B/16'``
+    works) or an alias such as the official experiment name ``'vl4str-large'``. ``variants`` are shipped
+    variant names (:data:`VARIANTS`) or paths to variant JSON files. ``overrides`` are :class:`ModelConfig`
+    fields; a section (``clip``, ``decoder``, ``preprocess``, ``decoding``, ``adapter``) takes a dataclass or a
+    partial dict that is merged, e.g. ``decoder={'num_heads': 4}`` or ``clip={'vision': {'image_size': 336}}``;
+    free-form option dicts are replaced whole. Unknown presets, variants and keys raise :class:`ConfigError`.
+    """
+    cfg = name if isinstance(name, ModelConfig) else _preset(name)
+    if not variants and not overrides:
         return cfg
     data = to_dict(cfg)
-    merge_dict(ModelConfig, data, overrides, "")
+    for variant in variants:
+        merge_into(ModelConfig, data, load_variant(variant), f"variant {variant}")
+    merge_into(ModelConfig, data, overrides)
     return from_dict(ModelConfig, data)
+
+
+# ------------------------------------------------------------------------------------------------ variants
+def _variant_files() -> dict[str, Any]:
+    root = resources.files("clip4str").joinpath("configs/models")
+    if not root.is_dir():
+        return {}
+    return {f.name[: -len(".json")]: f for f in root.iterdir() if f.name.endswith(".json")}
+
+
+def variant_names() -> list[str]:
+    """Names of the shipped model variants (``configs/models/*.json``), sorted."""
+    return sorted(_variant_files())
+
+
+VARIANTS: tuple[str, ...] = tuple(variant_names())
+
+
+def _read_variant(name_or_path: str | Path) -> dict[str, Any]:
+    files = _variant_files()
+    key = str(name_or_path)
+    if key in files:
+        text, source = files[key].read_text(encoding="utf-8"), f"variant {key!r}"
+    elif key.endswith(".json") and Path(key).is_file():
+        text, source = Path(key).read_text(encoding="utf-8"), key
+    else:
+        raise ConfigError(
+            f"unknown model variant {key!r}; shipped variants: {', '.join(sorted(files)) or 'none'} (or give a "
+            "path to a .json file)"
+        )
+    data = parse_json(text, source)
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise ConfigError(f"{source}: expected an object with a 'model' mapping (a partial ModelConfig)")
+    return data
+
+
+def load_variant(name_or_path: str | Path) -> dict[str, Any]:
+    """A variant's partial ModelConfig (the ``model`` entry of its JSON): by shipped name or JSON path."""
+    return _read_variant(name_or_path)["model"]
+
+
+def variant_description(name_or_path: str | Path) -> str:
+    """The one-line ``description`` of a variant."""
+    return str(_read_variant(name_or_path).get("description", ""))

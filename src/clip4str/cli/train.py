@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -21,6 +22,7 @@ def register(subparsers: Any) -> None:
             "  clip4str train --config vit-b16-real --set data.train_root=/data/train/real "
             "data.val_root=/data/val\n"
             "  clip4str train --config tiny --set max_steps=100\n"
+            "  clip4str train --config vit-b16-real --variant ladder   (see --list-variants)\n"
             "  clip4str train --resume runs/clip4str-b16-real\n"
             "  clip4str train --config vit-b16-real --set init=checkpoint:clip4str_base16x16_d70bde1f2d.ckpt "
             "charset_train=vietnamese"
@@ -38,9 +40,20 @@ def register(subparsers: Any) -> None:
         help="override a config field, e.g. batch_size=64 optim.lr=1e-4 data.num_workers=2",
     )
     parser.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="lay a model variant over the recipe's model (repeatable; a shipped name or a JSON file)",
+    )
+    parser.add_argument(
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint"
     )
     parser.add_argument("--list-presets", action="store_true", help="list the shipped recipes and exit")
+    parser.add_argument(
+        "--list-variants", action="store_true", help="list the shipped model variants and exit"
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument(
         "--dry-run", action="store_true", help="validate the config (paths included) and exit"
@@ -68,13 +81,23 @@ def run(args: argparse.Namespace) -> int:
                 f"precision={cfg.precision}"
             )
         return 0
+    if args.list_variants:
+        from clip4str.presets import VARIANTS, variant_description
+
+        for name in VARIANTS:
+            print(f"{name:<26} {variant_description(name)}")
+        return 0
     if args.resume:
         from clip4str.train.trainer import load_run_config
 
         overrides = [*args.overrides, f"output_dir={json.dumps(args.resume)}"]
+        if args.variants:  # refused by the resume check unless they are the run's own
+            overrides.append(f"variants={json.dumps(args.variants)}")
         cfg = load_run_config(args.resume, overrides)
     elif args.config:
         cfg = load_train_config(args.config, args.overrides)
+        if args.variants:
+            cfg = dataclasses.replace(cfg, variants=[*cfg.variants, *args.variants])
     else:
         raise ConfigError("give --config PRESET|FILE (see --list-presets) or --resume RUN_DIR")
     if args.print_config:

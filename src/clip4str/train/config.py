@@ -5,9 +5,11 @@ A training config is a JSON file (or a preset shipped in ``clip4str/configs/trai
 change only what differs. ``--set key=value`` overrides reach every field, nested ones with dots
 (``optim.lr=1e-4``, ``data.num_workers=2``, ``model.decoder.dropout=0``).
 
-The model is described by ``model_preset`` (an architecture from :mod:`clip4str.presets`) plus ``model``,
-a partial :class:`~clip4str.config.ModelConfig` merged on top, and ``init`` says where the weights come
-from (random, bare CLIP weights, or a CLIP4STR checkpoint to fine-tune).
+The model is described by ``model_preset`` (an architecture from :mod:`clip4str.presets`), ``variants``
+laid over it (``["ladder"]``, ``["vietnamese"]``: :data:`clip4str.presets.VARIANTS`), then ``model``, a
+partial :class:`~clip4str.config.ModelConfig` merged on top; ``init`` says where the weights come from
+(random, bare CLIP weights, or a CLIP4STR checkpoint to fine-tune). Files, ``extends`` and overrides are
+combined by :func:`clip4str.config.merge_into`, like every other config.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from clip4str.charset import resolve_charset
 from clip4str.config import (
     HALF_MEAN_STD,
     OPENAI_CLIP_MEAN,
@@ -31,9 +32,8 @@ from clip4str.config import (
     check_int,
     check_number,
     from_dict,
-    merge_dict,
+    merge_into,
     parse_json,
-    parse_override,
     to_dict,
 )
 
@@ -101,7 +101,10 @@ class TrainConfig(JsonConfig):
 
     name: str = "clip4str"
     model_preset: str = "vit-b16"
-    model: dict[str, Any] = field(default_factory=dict)
+    # Model variants laid over the preset (or the init checkpoint's config), in order, before ``model``.
+    variants: list[str] = field(default_factory=list)
+    # A partial ModelConfig merged last (key by key, like a config section).
+    model: dict[str, Any] = field(default_factory=dict, metadata={"section": ModelConfig})
     init: str = "random"  # 'random' | 'clip:PATH' | 'checkpoint:PATH' (a bare path means checkpoint)
     charset_train: str | None = None  # preset name ('94'), file or characters; overrides model.charset_train
     charset_test: str | None = None
@@ -318,25 +321,22 @@ def parse_init(init: str) -> tuple[str, str]:
 
 # ------------------------------------------------------------------------------------------ model config
 def resolve_model_config(cfg: TrainConfig, base: ModelConfig | None = None) -> ModelConfig:
-    """The :class:`ModelConfig` to train: ``base`` (default: ``cfg.model_preset``) with ``cfg.model``
-    merged on top, the charsets resolved, and the training normalisation recorded in ``preprocess``.
+    """The :class:`ModelConfig` to train: ``base`` (default: ``cfg.model_preset``) with ``cfg.variants`` and
+    ``cfg.model`` merged on top, the charsets resolved, and the training normalisation recorded in
+    ``preprocess``.
     """
-    from clip4str.presets import model_preset
+    from clip4str.presets import load_variant, model_preset
 
-    if base is None:
-        base = model_preset(cfg.model_preset)
-    data = to_dict(base)
     if not isinstance(cfg.model, dict):
         raise ConfigError(f"model must be a mapping of ModelConfig fields, got {type(cfg.model).__name__}")
-    merge_dict(ModelConfig, data, cfg.model, "model")
-    for key in ("charset_train", "charset_test"):
-        spec = getattr(cfg, key)
-        if spec is not None:
-            try:
-                data[key] = resolve_charset(spec)
-            except (ValueError, FileNotFoundError) as err:
-                raise ConfigError(f"{key}: {err}") from err
-    if "preprocess" not in cfg.model or not {"mean", "std"} & set(cfg.model.get("preprocess", {})):
+    data = to_dict(model_preset(cfg.model_preset) if base is None else base)
+    for variant in cfg.variants:
+        merge_into(ModelConfig, data, load_variant(variant), f"variant {variant}")
+    merge_into(ModelConfig, data, cfg.model, "model")
+    merge_into(
+        ModelConfig, data, {k: getattr(cfg, k) for k in ("charset_train", "charset_test") if getattr(cfg, k)}
+    )
+    if not {"mean", "std"} & set(cfg.model.get("preprocess", {})):
         stats = (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD) if cfg.data.openai_meanstd else (HALF_MEAN_STD,) * 2
         data["preprocess"]["mean"], data["preprocess"]["std"] = list(stats[0]), list(stats[1])
     model_cfg = from_dict(ModelConfig, data, prefix="model")
@@ -361,7 +361,18 @@ def train_preset_names() -> list[str]:
     return sorted(p.stem for p in _preset_dir().glob("*.json"))
 
 
+def _as_lists(raw: dict[str, Any]) -> dict[str, Any]:
+    """A raw config whose ``data.train_root``/``val_root`` may be one string: as lists."""
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("train_root", "val_root"):
+            if isinstance(data.get(key), str):
+                data[key] = [data[key]]
+    return raw
+
+
 def _read_raw(spec: str | Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A config file (or preset) as a raw dict, with the chain of files it ``extends`` merged under it."""
     path = Path(spec)
     if not (path.suffix == ".json" or path.is_file()):
         candidate = _preset_dir() / f"{spec}.json"
@@ -381,37 +392,23 @@ def _read_raw(spec: str | Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     raw = parse_json(read_text_file(path, "training config", ConfigError, max_bytes=1 << 24), str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object at the top level")
+    parent = raw.get("extends")
+    if isinstance(parent, str) and not Path(parent).is_absolute() and (path.parent / parent).is_file():
+        raw["extends"] = str(path.parent / parent)
+    return _extended(raw, (*seen, key), str(path))
+
+
+def _extended(raw: dict[str, Any], seen: tuple[str, ...], source: str) -> dict[str, Any]:
+    raw = _as_lists(raw)
     raw.pop("description", None)
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
     if not isinstance(parent, str):
-        raise ConfigError(f"{path}: 'extends' must be a preset name or a path, got {parent!r}")
-    if not Path(parent).is_absolute() and (path.parent / parent).is_file():
-        parent = str(path.parent / parent)
-    base = _read_raw(parent, (*seen, key))
-    _deep_update(base, raw)
+        raise ConfigError(f"{source}: 'extends' must be a preset name or a path, got {parent!r}")
+    base = _read_raw(parent, seen)
+    merge_into(TrainConfig, base, raw)
     return base
-
-
-def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = value
-
-
-def _set_path(raw: dict[str, Any], path: list[str], value: Any, text: str) -> None:
-    node = raw
-    for part in path[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {text!r}: {part!r} is a value, not a config section")
-        node = child
-    node[path[-1]] = value
 
 
 def load_train_config(
@@ -422,22 +419,12 @@ def load_train_config(
     Types and key names are checked here (:class:`ConfigError` names the key); call
     :meth:`TrainConfig.validate` for the value checks (ranges, batch arithmetic, paths).
     """
-    raw = json.loads(json.dumps(spec)) if isinstance(spec, dict) else _read_raw(spec)
-    raw.pop("description", None)
-    if "extends" in raw:
-        parent = raw.pop("extends")
-        base = _read_raw(parent)
-        _deep_update(base, raw)
-        raw = base
-    for text in overrides:
-        path, value = parse_override(text)
-        _set_path(raw, path, value, text)
-    data = raw.get("data")
-    if isinstance(data, dict):
-        for key in ("train_root", "val_root"):
-            if isinstance(data.get(key), str):
-                data[key] = [data[key]]
-    return from_dict(TrainConfig, raw)
+    if isinstance(spec, dict):
+        raw = _extended(json.loads(json.dumps(spec)), (), "training config")
+    else:
+        raw = _read_raw(spec)
+    merge_into(TrainConfig, raw, list(overrides))
+    return from_dict(TrainConfig, _as_lists(raw))
 
 
 def config_diff(a: TrainConfig, b: TrainConfig) -> list[str]:
