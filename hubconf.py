@@ -5,14 +5,12 @@
     reader = torch.hub.load("<owner>/<repo>", "recognizer", "clip4str-base")     # images -> text
     print(reader.read(["word.png"])[0].text)
 
-Every model entry takes ``pretrained`` (default True) and keyword arguments:
-
-* ``pretrained=True``: the released checkpoint is resolved with :func:`clip4str.hub.resolve_model`
-  (downloaded once into the Hugging Face cache; ``cache_dir=`` and ``progress=`` are passed to it) and
-  loaded with :func:`clip4str.checkpoints.load_model` (other keywords, e.g. ``map_location='cuda'`` or
-  ``overrides={'decoding.refine_iters': 2}``, are passed to it).
-* ``pretrained=False``: an untrained model of the release's architecture; keywords are config overrides
-  for :func:`clip4str.presets.model_preset` (e.g. ``charset_train='0123456789'``).
+Every model entry is :func:`clip4str.factory.create_model` for its release name: ``pretrained`` (default
+True) loads the released checkpoint (downloaded once into the Hugging Face cache), ``pretrained=False``
+builds the release's architecture untrained. Keywords go to ``create_model``: ``map_location='cuda'``,
+``cache_dir=``, ``progress=``, ``variants=`` (untrained only) and config overrides, as fields
+(``charset_train='0123456789'``, ``decoder={'num_heads': 4}``) or as ``overrides={'decoding.refine_iters': 2}``
+(dotted keys, or a list of ``'key=value'`` strings).
 
 Entry names: ``clip4str_small`` (shipped inside the package), ``clip4str_base``, ``clip4str_large``, ``clip4str_huge`` (the best release of each size) and
 one per release file; ``docs/models.md`` describes them.
@@ -20,8 +18,7 @@ one per release file; ``docs/models.md`` describes them.
 
 dependencies = ["torch", "numpy", "PIL", "safetensors", "huggingface_hub", "ftfy", "regex", "tqdm"]
 
-import json as _json  # noqa: E402 - torch.hub reads `dependencies` first by convention
-import sys as _sys  # noqa: E402
+import sys as _sys  # noqa: E402 - torch.hub reads `dependencies` first by convention
 from pathlib import Path as _Path  # noqa: E402
 from typing import Any as _Any  # noqa: E402
 
@@ -37,27 +34,11 @@ def _import_clip4str() -> None:
 
 def _model(name: str, pretrained: bool, kwargs: dict[str, _Any]) -> _Any:
     _import_clip4str()
-    from clip4str import hub
+    from clip4str.config import parse_overrides
+    from clip4str.factory import create_model
 
-    release = hub.RELEASES[name]
-    if pretrained:
-        from clip4str.checkpoints import load_model
-
-        cache_dir = kwargs.pop("cache_dir", None)
-        progress = kwargs.pop("progress", True)
-        path = hub.resolve_model(name, cache_dir=cache_dir, progress=progress)
-        if release.config_overrides:  # the release's own fixes first, the caller's on top
-            user = kwargs.get("overrides")
-            if user is None or isinstance(user, dict):
-                kwargs["overrides"] = {**release.config_overrides, **(user or {})}
-            else:
-                fixed = [f"{k}={_json.dumps(v)}" for k, v in release.config_overrides.items()]
-                kwargs["overrides"] = fixed + list(user)
-        return load_model(path, **kwargs)
-    from clip4str.model.clip4str import CLIP4STR
-    from clip4str.presets import model_preset
-
-    return CLIP4STR(model_preset(release.preset, **kwargs))
+    overrides = parse_overrides(kwargs.pop("overrides", None))
+    return create_model(name, pretrained, **kwargs, **overrides)
 
 
 def clip4str_small(pretrained: bool = True, **kwargs: _Any) -> _Any:

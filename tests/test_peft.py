@@ -8,19 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clip4str.checkpoints import convert_str_adapter, is_str_adapter_state_dict
 from clip4str.config import ConfigError
 from clip4str.errors import CheckpointError
 from clip4str.model.clip4str import CLIP4STR
-from clip4str.model.peft import (
-    ClipAdapter,
-    LadderSideAdapter,
-    build_image_adapter,
-    convert_str_adapter,
-    is_str_adapter_state_dict,
-    trainable_parameter_names,
-    variant_config,
-    variant_names,
-)
+from clip4str.model.peft import ClipAdapter, LadderSideAdapter, build_image_adapter, trainable_parameter_names
+from clip4str.presets import model_preset, variant_names
 
 LABELS = ["ab1", "c2", "abc", "3a"]
 
@@ -40,7 +33,7 @@ def tiny(*variants: str, **overrides):
         perm_num=2,
     )
     base.update(overrides)
-    return variant_config("tiny", *variants, **base)
+    return model_preset("tiny", *variants, **base)
 
 
 def train_steps(model: CLIP4STR, steps: int = 3) -> None:
@@ -187,14 +180,14 @@ def test_freeze_token_embeddings_only():
 
 def test_variants_and_config_errors(tmp_path):
     assert {"clip-adapter", "ladder", "frozen-image", "frozen-text", "vietnamese"} <= set(variant_names())
-    cfg = variant_config("vit-b16", "ladder", "vietnamese")
+    cfg = model_preset("vit-b16", "ladder", "vietnamese")
     assert cfg.adapter.kind == "ladder" and cfg.image_freeze_layers == -1 and len(cfg.charset_train) == 228
     with pytest.raises(ConfigError, match="unknown model variant 'lora'.*clip-adapter"):
-        variant_config("tiny", "lora")
+        model_preset("tiny", "lora")
     bad = tmp_path / "bad.json"
     bad.write_text('{"model": {"adapter": {"kindd": "ladder"}}}')
     with pytest.raises(ConfigError, match="adapter.kindd"):
-        variant_config("tiny", str(bad))
+        model_preset("tiny", str(bad))
     with pytest.raises(
         ConfigError, match="adapter.kind must be one of none, clip-adapter, ladder, got 'lora'"
     ):

@@ -152,7 +152,7 @@ def test_full_disk_while_saving_training_state_keeps_the_previous_one(tmp_path, 
 
 
 def test_full_disk_while_saving_a_model_keeps_the_previous_one(tiny_model_dir, tmp_path, monkeypatch):
-    from clip4str import checkpoints
+    from clip4str import weights
 
     out = tmp_path / "best"
     model = load_model(tiny_model_dir)
@@ -162,7 +162,7 @@ def test_full_disk_while_saving_a_model_keeps_the_previous_one(tiny_model_dir, t
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoints, "save_file", full)
+    monkeypatch.setattr(weights, "save_file", full)
     with pytest.raises(WriteError, match="disk is full"):
         save_model(model, out)
     assert (out / "model.safetensors").read_bytes() == before

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -320,21 +319,15 @@ def load(
         cache_dir, offline: download cache and offline mode (default: the Hugging Face cache and
             ``HF_HUB_OFFLINE``).
     """
-    from clip4str.checkpoints import load_model
+    from clip4str.config import parse_overrides
+    from clip4str.factory import create_model
     from clip4str.hub import DEFAULT_MODEL, get_release, resolve_model
 
     name_or_path = name_or_path or DEFAULT_MODEL
     check_device(device)  # before any download: a CUDA device on a CPU-only machine fails at once
     path = resolve_model(name_or_path, cache_dir=cache_dir, offline=offline)
     release = None if Path(name_or_path).exists() else get_release(str(name_or_path))
-    if release is not None and release.config_overrides:
-        if overrides is None or isinstance(overrides, dict):
-            overrides = {**release.config_overrides, **(overrides or {})}
-        else:
-            overrides = [f"{k}={json.dumps(v)}" for k, v in release.config_overrides.items()] + list(
-                overrides
-            )
-    model = load_model(path, overrides=overrides)
+    model = create_model(path, **parse_overrides(overrides))
     return Recognizer(
         model,
         device=device,

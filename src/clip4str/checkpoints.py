@@ -1,138 +1,57 @@
-"""Reading and writing CLIP4STR weights.
+"""CLIP4STR checkpoint files → models: the official layouts converted, any supported file loaded.
 
-Formats read, told apart by content (never by file name):
+Formats read (told apart by content, never by file name; read by :mod:`clip4str.weights`):
 
 * the package's own format: a directory with ``config.json`` + ``model.safetensors``, or the
   ``model.safetensors`` file alone (its metadata holds the same config);
 * official Lightning ``.ckpt`` files (``state_dict`` + ``hyper_parameters``);
-* official ``.pt`` files holding a plain state dict or ``{'state_dict': ...}``.
+* official ``.pt`` files holding a plain state dict or ``{'state_dict': ...}``;
+* the official single-decoder ``str_adapter`` models (PEFT study), converted to the two-decoder layout.
 
-Official files are converted to a :class:`~clip4str.config.ModelConfig`: sizes from the weights, charset and
-decoder heads from ``hyper_parameters`` (94 characters and 8 heads, the released models' values, when absent).
-Pickled files (zip or legacy ``torch.save`` streams) are read by :func:`clip4str.safe_pickle.load_pickle`:
-only tensors and plain containers are built; other Python objects in a Lightning file's hyper-parameters
-become inert placeholders that keep their pickled state. No code from a file runs.
+Official files are converted to a :class:`~clip4str.config.ModelConfig` by :func:`config_from_official`:
+sizes from the weights, charset and decoder heads from ``hyper_parameters`` (94 characters and 8 heads, the
+released models' values, when absent). No code from a file runs.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import tempfile
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from clip4str.charset import CHARSET_36, CHARSET_62, CHARSET_94
 from clip4str.clip.model import infer_clip_config
-from clip4str.clip.weights import sniff_format
 from clip4str.config import (
     HALF_MEAN_STD,
+    AdapterConfig,
     ConfigError,
     DecoderConfig,
     DecodingConfig,
     ModelConfig,
     PreprocessConfig,
     apply_overrides,
-    parse_json,
 )
-from clip4str.errors import CheckpointError, WriteError
+from clip4str.errors import CheckpointError
 from clip4str.model.clip4str import CLIP4STR
-from clip4str.safe_pickle import load_pickle, plain
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-_METADATA_KEY = "clip4str_config"
-_FORMAT_VERSION = "1"
+# The weight I/O lives in clip4str.weights; these names stay importable from here.
+from clip4str.weights import load_state_dict_strict, read_checkpoint, save_model
 
-
-# ------------------------------------------------------------------------------------------------ reading
-def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | None, ModelConfig | None]:
-    """Read any supported file → (state dict, official hyper-parameters or None, own config or None)."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        weights, config_file = path / WEIGHTS_NAME, path / CONFIG_NAME
-        if not weights.is_file():
-            raise CheckpointError(
-                f"{path} is a directory without {WEIGHTS_NAME}; expected a clip4str model folder"
-            )
-        sd, config = _read_safetensors(weights)
-        if config_file.is_file():
-            config = _config_from_json(config_file.read_text(encoding="utf-8"), config_file)
-        if config is None:
-            raise CheckpointError(f"{path} has no {CONFIG_NAME} and {WEIGHTS_NAME} carries no config")
-        return sd, None, config
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path} is empty")
-    kind = sniff_format(path)
-    if kind == "safetensors":
-        sd, config = _read_safetensors(path)
-        sibling = path.with_name(CONFIG_NAME)
-        if config is None and sibling.is_file():
-            config = _config_from_json(sibling.read_text(encoding="utf-8"), sibling)
-        return sd, None, config
-    if kind == "torchscript":
-        raise CheckpointError(
-            f"{path} is a TorchScript archive (like OpenAI's CLIP releases), not a CLIP4STR checkpoint; a bare "
-            "CLIP file can start a training run (see `clip4str train`), not be read as a recognizer"
-        )
-    if kind != "pickle":
-        raise CheckpointError(
-            f"{path} is not a checkpoint: expected a Lightning .ckpt, a PyTorch .pt state dict or a clip4str "
-            ".safetensors model"
-        )
-    # Hyper-parameters pickled as Python objects (e.g. OmegaConf) are read as inert data.
-    obj = plain(load_pickle(path, allow_objects=True))
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(
-            f"{path} holds a {type(obj).__name__}, not a state dict or Lightning checkpoint"
-        )
-    hparams = None
-    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        hparams = obj.get("hyper_parameters")
-        sd = obj["state_dict"]
-    elif "model" in obj and isinstance(obj["model"], Mapping):
-        sd = obj["model"]
-    else:
-        sd = obj
-    bad = [k for k, v in sd.items() if not isinstance(v, Tensor)]
-    if bad:
-        raise CheckpointError(f"{path}: entries {bad[:5]} are not tensors; this is not a state dict")
-    sd = {re.sub(r"^(module\.|model\.)", "", k): v for k, v in sd.items()}
-    return sd, dict(hparams) if isinstance(hparams, Mapping) else None, None
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], ModelConfig | None]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"{path} is not a readable safetensors file (truncated?): {err}") from err
-    text = metadata.get(_METADATA_KEY)
-    return sd, _config_from_json(text, path) if text else None
-
-
-def _config_from_json(text: str, source: Path) -> ModelConfig:
-    try:
-        data = parse_json(text, f"{source}: config")
-    except ConfigError as err:
-        raise CheckpointError(str(err)) from err
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{source}: config must be a JSON object, got {type(data).__name__}")
-    data.pop("format_version", None)
-    try:
-        return ModelConfig.from_dict(data)
-    except ConfigError as err:
-        raise CheckpointError(f"{source}: {err}") from err
+__all__ = [
+    "build_for_weights",
+    "config_from_file",
+    "config_from_official",
+    "convert_str_adapter",
+    "is_str_adapter_state_dict",
+    "load_model",
+    "load_state_dict_strict",
+    "read_checkpoint",
+    "save_model",
+]
 
 
 # ------------------------------------------------------------------------------------------------ official
@@ -199,117 +118,145 @@ def config_from_official(state_dict: Mapping[str, Tensor], hparams: Mapping[str,
     )
 
 
+# ------------------------------------------------------------------------------------------------ str_adapter
+_STR_ADAPTER_KINDS = {"linear": "clip-adapter", "ladder": "ladder"}
+_DEFAULT_BLOCK_IDS = [0, 4, 8, 11]  # STRAdapter's default block_ids
+
+
+def is_str_adapter_state_dict(state_dict: Mapping[str, Any]) -> bool:
+    """True for the official single-decoder ``str_adapter`` layout (``decoder.*``, ``head.*``, ``clip_model.*``)."""
+    return (
+        "pos_queries" in state_dict
+        and "head.weight" in state_dict
+        and any(k.startswith("decoder.layers.") for k in state_dict)
+        and not any(k.startswith("visual_decoder.") for k in state_dict)
+    )
+
+
+def convert_str_adapter(
+    state_dict: Mapping[str, Tensor], hparams: Mapping[str, Any] | None = None
+) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """Convert an official ``STRAdapter`` checkpoint (``strhub/models/str_adapter``) → (config, state dict).
+
+    The official model has one decoder reading the adapted image memory (no cross-modal branch). It becomes a
+    CLIP4STR whose visual decoder holds that decoder and whose config decodes with the visual branch only
+    (``decoding.visual_only=True``); the cross-modal decoder is a copy of it so that the file is complete
+    (enable the cross-modal branch only after training it). Adapter types: ``linear`` → 'clip-adapter'
+    (ratio 0.2, reduction from the weights); ``ladder`` → 'ladder' with reduction 1 and
+    ``hyper_parameters.block_ids``. The ``attention``, ``linear_ladder`` and ``ladder_pruning`` types are not
+    supported.
+    """
+    hp = dict(hparams or {})
+    adapter_type = str(hp.get("adapter_type", ""))
+    adapter_keys = sorted(k for k in state_dict if k.startswith("adapter."))
+    if not adapter_type:
+        if "adapter.fc.0.weight" in state_dict:
+            adapter_type = "linear"
+        elif "adapter.alpha" in state_dict and any(".attn.in_proj_weight" in k for k in adapter_keys):
+            adapter_type = "ladder"
+        elif not adapter_keys:
+            adapter_type = "identity"
+        else:
+            raise CheckpointError(
+                f"str_adapter checkpoint: cannot tell the adapter type from its keys ({', '.join(adapter_keys[:4])}) "
+                "and hyper_parameters has no adapter_type"
+            )
+    if adapter_type not in _STR_ADAPTER_KINDS and adapter_type != "identity":
+        raise CheckpointError(
+            f"str_adapter checkpoint with adapter_type={adapter_type!r} is not supported; supported: linear "
+            "(CLIP-Adapter), ladder (full-width Ladder Side-Tuning) and checkpoints without an adapter"
+        )
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith("clip_model."):
+            out[key] = value
+        elif key.startswith("decoder."):
+            out["visual_decoder." + key[len("decoder.") :]] = value
+        elif key.startswith(("head.", "text_embed.")) or key == "pos_queries":
+            out["visual_decoder." + key] = value
+        elif key.startswith("adapter."):
+            out["image_adapter." + key[len("adapter.") :]] = value
+        else:
+            raise CheckpointError(f"str_adapter checkpoint: unexpected key {key!r}")
+    for key in [k for k in out if k.startswith("visual_decoder.")]:
+        out["cross_decoder." + key[len("visual_decoder.") :]] = out[key].clone()
+
+    if adapter_type == "linear":
+        hidden, embed_dim = out["image_adapter.fc.0.weight"].shape
+        adapter = AdapterConfig(kind="clip-adapter", ratio=0.2, reduction=embed_dim // hidden)
+    elif adapter_type == "ladder":
+        n_side = len({k.split(".")[2] for k in out if k.startswith("image_adapter.resblocks.")})
+        block_ids = [int(i) for i in hp.get("block_ids", _DEFAULT_BLOCK_IDS)]
+        if len(block_ids) != n_side:
+            raise CheckpointError(
+                f"str_adapter ladder checkpoint has {n_side} side blocks but block_ids={block_ids}; the "
+                "hyper_parameters must record the block_ids it was trained with"
+            )
+        adapter = AdapterConfig(
+            kind="ladder", reduction=1, options={"block_ids": block_ids, "temperature": 0.1}
+        )
+    else:
+        adapter = AdapterConfig()
+    config = config_from_official(out, hp)
+    config.adapter = adapter
+    config.decoding.visual_only = True
+    if bool(hp.get("freeze_backbone", True)):
+        config.image_freeze_layers = -1
+        config.text_freeze_layers = -1
+    return config, out
+
+
 # ------------------------------------------------------------------------------------------------ model
-def load_state_dict_strict(
-    model: torch.nn.Module, state_dict: Mapping[str, Tensor], source: str = ""
-) -> None:
-    """Copy ``state_dict`` into ``model``; missing, unexpected or mis-shaped keys raise CheckpointError."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = [
-        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state_dict and state_dict[k].shape != own[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(
-            f"{len(missing)} missing key(s): {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else "")
-        )
-    if unexpected:
-        problems.append(
-            f"{len(unexpected)} unexpected key(s): {', '.join(unexpected[:8])}"
-            + (" ..." if len(unexpected) > 8 else "")
-        )
-    if shapes:
-        problems.append(f"{len(shapes)} mis-shaped key(s): {'; '.join(shapes[:8])}")
-    if problems:
-        where = f"{source}: " if source else ""
-        raise CheckpointError(where + "weights do not fit the model: " + " | ".join(problems))
-    model.load_state_dict(state_dict, strict=True)
+def config_from_file(
+    state_dict: dict[str, Tensor], hparams: Mapping[str, Any] | None, config: ModelConfig | None, source: str
+) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """The config of a file read by :func:`read_checkpoint` (its own, or converted from the official layout)
+    and its state dict in this package's key layout."""
+    if config is not None:
+        return config, state_dict
+    try:
+        if is_str_adapter_state_dict(state_dict):  # the official single-branch STRAdapter models
+            return convert_str_adapter(state_dict, hparams)
+        return config_from_official(state_dict, hparams), state_dict
+    except CheckpointError:
+        raise
+    except (ConfigError, TypeError, ValueError, KeyError, IndexError) as err:  # e.g. hostile hparams
+        raise CheckpointError(f"{source}: unusable sizes or hyper-parameters: {err}") from err
+
+
+def build_for_weights(config: ModelConfig) -> CLIP4STR:
+    """An untrained :class:`CLIP4STR` of ``config`` whose every tensor will come from a file: a Hugging Face
+    text encoder builds its architecture without reading its own pretrained weights. ``model.config`` is
+    ``config`` itself."""
+    options = config.text_encoder_options
+    if config.text_encoder == "clip" or options.get("pretrained") is False:
+        return CLIP4STR(config)
+    model = CLIP4STR(dataclasses.replace(config, text_encoder_options={**options, "pretrained": False}))
+    model.config = config  # the saved config keeps where the encoder's weights first came from
+    return model
 
 
 def load_model(
     path: str | Path,
-    overrides: list[str] | Mapping[str, Any] | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] | None = None,
     map_location: str | torch.device = "cpu",
 ) -> CLIP4STR:
     """Build a :class:`CLIP4STR` from any supported file, in eval mode, fp32.
 
     Args:
         path: own-format folder or ``.safetensors``, official ``.ckpt`` or ``.pt``.
-        overrides: config changes applied before building, as ``['decoder.num_heads=4', ...]`` or
-            ``{'charset_test': '0123...', 'decoding.refine_iters': 2}``.
+        overrides: config changes applied before building (:func:`clip4str.config.merge_into`), as
+            ``['decoder.num_heads=4', ...]`` or ``{'charset_test': '0123...', 'decoding.refine_iters': 2}``.
         map_location: device of the returned model.
     """
     sd, hparams, config = read_checkpoint(path)
-    if config is None:
-        from clip4str.model.peft import convert_str_adapter, is_str_adapter_state_dict
-
-        try:
-            if is_str_adapter_state_dict(sd):  # the official single-branch STRAdapter models
-                config, sd = convert_str_adapter(sd, hparams)
-            else:
-                config = config_from_official(sd, hparams)
-        except CheckpointError:
-            raise
-        except (ConfigError, TypeError, ValueError, KeyError, IndexError) as err:  # e.g. hostile hparams
-            raise CheckpointError(f"{path}: unusable sizes or hyper-parameters: {err}") from err
+    config, sd = config_from_file(sd, hparams, config, str(path))
     if overrides:
-        items = overrides.items() if isinstance(overrides, Mapping) else None
-        texts = [f"{k}={json.dumps(v)}" for k, v in items] if items is not None else list(overrides)
         try:
-            config = apply_overrides(config, texts)
+            config = apply_overrides(config, overrides)
         except ConfigError as err:
             raise CheckpointError(f"{path}: {err}") from err
-    # Every tensor comes from the file: a pretrained text encoder need not be read first.
-    from clip4str.model.text_encoders import no_pretrained_weights
-
-    with no_pretrained_weights():
-        model = CLIP4STR(config)
-    load_state_dict_strict(
-        model, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, str(path)
-    )
+    model = build_for_weights(config)
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    load_state_dict_strict(model, weights, str(path))
     return model.to(map_location).eval()
-
-
-def save_model(
-    model: CLIP4STR,
-    directory: str | Path,
-    extra_metadata: Mapping[str, str] | None = None,
-    dtype: torch.dtype | None = None,
-) -> Path:
-    """Write the own format atomically: ``directory/model.safetensors`` (config in its metadata too) and
-    ``directory/config.json``. Returns ``directory``.
-
-    ``dtype`` (e.g. ``torch.bfloat16``) stores the floating-point weights at that precision (half the size);
-    :func:`load_model` always builds an fp32 model from them.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config_text = model.config.to_json()
-    metadata = {_METADATA_KEY: config_text, "format_version": _FORMAT_VERSION, **dict(extra_metadata or {})}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if dtype is not None:
-        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata=metadata))
-    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(config_text + "\n", encoding="utf-8"))
-    return directory
-
-
-def _atomic_write(target: Path, write) -> None:
-    """``write(tmp_path)`` then rename onto ``target``; on failure (e.g. a full disk) ``target`` is untouched."""
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        write(tmp)
-        os.replace(tmp, target)
-    except Exception as err:  # noqa: BLE001 - OSError, or the safetensors writer's own error type
-        from clip4str.files import write_failure
-
-        raise WriteError(write_failure(target, err)) from err
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)

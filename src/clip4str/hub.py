@@ -23,7 +23,6 @@ import os
 import re
 import socket
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -47,6 +46,7 @@ __all__ = [
     "is_offline",
     "list_models",
     "resolve_model",
+    "resolve_snapshot",
 ]
 
 HF_REPO = "mzhaoshuai/CLIP4STR"
@@ -98,7 +98,6 @@ class Release:
     accuracy: tuple[float, ...] = ()
     notes: str = ""
     alias_of: str | None = None
-    config_overrides: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     # Accuracy (%) measured by this package on the real test crops in ../shared (36 characters,
     # case-insensitive): IIIT5K (3,000), SVT (647), IC15 (2,077) and their sample-weighted mean.
     measured: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
@@ -344,8 +343,11 @@ def get_release(name: str) -> Release | None:
 _TRUE = {"1", "on", "yes", "true"}
 
 
-def is_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` is set to 1/on/yes/true."""
+def is_offline(offline: bool | None = None) -> bool:
+    """Whether to stay off the network: ``offline`` when given, else whether ``HF_HUB_OFFLINE`` is set to
+    1/on/yes/true. Every download decision in the package goes through here."""
+    if offline is not None:
+        return bool(offline)
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
 
 
@@ -477,8 +479,7 @@ def resolve_model(
             )
             raise ModelNotFoundError(f"model file not found: {path} (check the path{hint})")
         raise ModelNotFoundError(_unknown_message(text))
-    if offline is None:
-        offline = is_offline()
+    offline = is_offline(offline)
     found = cached_path(rel, cache_dir)
     if found is not None:
         _check_hf_blob(rel, found)
@@ -644,12 +645,12 @@ def _copy_stream(src: BinaryIO, dst: BinaryIO, total: int | None, label: str, pr
 
 
 def _download_url(rel: Release, dest: Path, progress: bool) -> Path:
-    """Stream ``rel.url`` to a temp file next to ``dest``, verify it, then rename it into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{rel.filename}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, _open_url(rel.url) as response:
+    """Stream ``rel.url`` into ``dest`` atomically (:func:`clip4str.weights.atomic_write`), verified first:
+    a short, empty or mismatching download leaves nothing behind."""
+    from clip4str.weights import atomic_write
+
+    def fetch(tmp: Path) -> None:
+        with tmp.open("wb") as out, _open_url(rel.url) as response:
             length = response.headers.get("Content-Length") if getattr(response, "headers", None) else None
             total = int(length) if length and str(length).isdigit() else None
             sha = _copy_stream(response, out, total, rel.filename, progress)
@@ -660,7 +661,59 @@ def _download_url(rel: Release, dest: Path, progress: bool) -> Path:
             raise OSError(f"{rel.url} returned an empty file")
         if rel.sha256 is not None and sha != rel.sha256:
             raise OSError(f"sha256 mismatch for {rel.filename}: expected {rel.sha256}, got {sha}")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+
+    return atomic_write(dest, fetch)
+
+
+# --------------------------------------------------------------------------------------------------
+# Hugging Face repositories of other parts (a multilingual text encoder): snapshots in the hub cache.
+
+# Only these files are fetched from a repository (M-CLIP repos also hold TensorFlow weights).
+_SNAPSHOT_CONFIG_FILES = ["*.json", "*.model", "*.txt"]
+_SNAPSHOT_WEIGHT_FILES = ["model.safetensors", "pytorch_model.bin"]
+
+
+def resolve_snapshot(
+    name_or_path: str,
+    weights: bool = True,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    offline: bool | None = None,
+    what: str = "model",
+    fix: str = "give a local folder holding its config.json, tokenizer and weights",
+) -> Path:
+    """A local folder, or the hub cache's snapshot of repository ``name_or_path`` (downloaded unless offline).
+
+    Only configuration/tokenizer files and, when ``weights``, the PyTorch weights are fetched. ``what`` and
+    ``fix`` word the error (what the repository is for, and the alternative to downloading it).
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ModelNotFoundError(f"{what} folder {name_or_path!r} does not exist (or is not a folder)")
+    from huggingface_hub import snapshot_download
+
+    local_only = is_offline(offline)
+    patterns = _SNAPSHOT_CONFIG_FILES + (_SNAPSHOT_WEIGHT_FILES if weights else [])
+    try:
+        with quiet_hub_retries():
+            return Path(
+                snapshot_download(
+                    repo_id=name_or_path,
+                    revision=revision,
+                    cache_dir=None if cache_dir is None else str(cache_dir),
+                    local_files_only=local_only,
+                    allow_patterns=patterns,
+                )
+            )
+    except Exception as err:  # noqa: BLE001 - hub errors have many types; all mean "not available"
+        how = (
+            "offline mode (HF_HUB_OFFLINE=1 or offline=True) and it is not in the Hugging Face cache"
+            if local_only
+            else f"download failed ({type(err).__name__}: {err})"
+        )
+        raise ModelNotFoundError(
+            f"{what} {name_or_path!r} is not available: {how}. Download it once with network access "
+            f"(e.g. `{download_command(str(name_or_path))}`), or {fix}"
+        ) from err

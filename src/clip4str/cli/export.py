@@ -30,10 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from clip4str.checkpoints import load_model, save_model
-    from clip4str.hub import resolve_model
+    from clip4str.config import parse_overrides
+    from clip4str.factory import create_model
+    from clip4str.weights import save_model
 
-    model = load_model(resolve_model(args.model), overrides=args.overrides or None)
+    model = create_model(args.model, **parse_overrides(args.overrides))
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     out = save_model(model, args.out, dtype=dtype)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())

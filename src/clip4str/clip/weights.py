@@ -3,143 +3,28 @@
 Accepted: OpenAI's TorchScript archives (``ViT-B-16.pt``), ``torch.save`` files holding ``{'model': sd}``,
 ``{'state_dict': sd}`` or a plain state dict (OpenCLIP's ``open_clip_pytorch_model.bin``), and
 ``.safetensors`` files. The format comes from the bytes (zip entries, pickle opcode, safetensors header),
-never from the file name. Every pickle (TorchScript's ``data.pkl`` included) is read by
-:func:`clip4str.safe_pickle.load_pickle`: no code from a file runs, ``torch.jit.load`` is never called.
-
-:func:`sniff_format` and :func:`read_tensor_file` are format-level helpers reused for CLIP4STR checkpoints.
+never from the file name. Files are read by :func:`clip4str.weights.read_tensor_file` (every pickle,
+TorchScript's ``data.pkl`` included, through :func:`clip4str.safe_pickle.load_pickle`): no code from a file
+runs, ``torch.jit.load`` is never called.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import struct
-import zipfile
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from clip4str.clip.model import CLIP, check_clip_keys, infer_clip_config, round_like_official_fp16
 from clip4str.errors import CheckpointError
-from clip4str.safe_pickle import load_pickle, module_tensors
+from clip4str.weights import FileFormat, load_state_dict_strict, read_tensor_file, sniff_format
 
 __all__ = ["sniff_format", "read_tensor_file", "load_clip_state_dict", "load_clip_model", "FileFormat"]
 
-FileFormat = Literal["torchscript", "safetensors", "pickle", "unknown"]
-
-# Entries of OpenAI's TorchScript archives that are not weights.
 _TORCHSCRIPT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-# How a legacy torch.save stream written with pickle protocol 0 or 1 starts (its magic number).
-_LEGACY_PROTOCOL_0_1 = b"L119547037146038801333356L\n."
-
-
-def _existing_file(path: str | os.PathLike[str]) -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise CheckpointError(f"weights file {str(p)!r} does not exist")
-    if not p.is_file():
-        raise CheckpointError(f"weights path {str(p)!r} is not a file")
-    return p
-
-
-def _zip_names(path: Path) -> list[str] | None:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.namelist()
-    except (zipfile.BadZipFile, OSError, EOFError):
-        return None
-
-
-def sniff_format(path: str | os.PathLike[str]) -> FileFormat:
-    """Format of a weights file from its content: ``'torchscript'`` (zip with ``code/`` or
-    ``constants.pkl``), ``'pickle'`` (``torch.save``: zip or legacy pickle), ``'safetensors'`` or ``'unknown'``.
-
-    A zip whose directory cannot be read (e.g. truncated) is reported as ``'pickle'``; reading it then fails
-    with a :class:`CheckpointError` that says so. A zip without ``data.pkl`` is ``'unknown'``. Raises :class:`CheckpointError` if the file does not exist.
-    """
-    p = _existing_file(path)
-    size = p.stat().st_size
-    with p.open("rb") as f:
-        head = f.read(32)
-    if head.startswith(b"PK\x03\x04"):
-        names = _zip_names(p)
-        if names is None:
-            return "pickle"
-        for name in names:
-            parts = name.split("/")
-            if (len(parts) > 2 and parts[1] == "code") or parts[-1] == "constants.pkl":
-                return "torchscript"
-        return "pickle" if any(name.endswith("data.pkl") for name in names) else "unknown"
-    if (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head.startswith(_LEGACY_PROTOCOL_0_1):
-        return "pickle"
-    if len(head) >= 9:
-        (header_len,) = struct.unpack("<Q", head[:8])
-        if 0 < header_len <= size - 8 and head[8:9] == b"{":
-            return "safetensors"
-    return "unknown"
-
-
-def _describe_unknown(path: Path) -> str:
-    with path.open("rb") as f:
-        head = f.read(256)
-    if not head:
-        return "the file is empty (0 bytes); re-download it"
-    if head.startswith(b"PK\x03\x04"):
-        return "it is a zip archive without PyTorch data (no data.pkl entry)"
-    if head.startswith(b"version https://git-lfs"):
-        return "it is a Git LFS pointer, not the weights; fetch the real file (git lfs pull)"
-    kinds = {
-        b"\x89PNG": "a PNG image",
-        b"\xff\xd8\xff": "a JPEG image",
-        b"\x1f\x8b": "a gzip file",
-        b"%PDF": "a PDF document",
-    }
-    for magic, kind in kinds.items():
-        if head.startswith(magic):
-            return f"it is {kind}"
-    text = head.lstrip().lower()
-    if text.startswith((b"<!doctype html", b"<html")):
-        return "it is an HTML page (a failed download?)"
-    try:
-        head.decode("utf-8")
-        return f"it is a text file starting with {head[:40].decode('utf-8', 'replace')!r}"
-    except UnicodeDecodeError:
-        return f"its first bytes {head[:8].hex()} match no known format"
-
-
-def read_tensor_file(path: str | os.PathLike[str]) -> Any:
-    """Load a weights file safely and return its raw content.
-
-    TorchScript archives give their module's tensors (what ``torch.jit.load(path).state_dict()`` holds, read
-    from the archive's data records without running its code), safetensors a dict of tensors, and
-    ``torch.save`` files whatever they hold (tensors and plain containers only; zip files are
-    memory-mapped). Raises :class:`CheckpointError` naming the file for a missing, empty, truncated or
-    foreign file, or a pickle holding objects other than tensors and plain containers.
-    """
-    p = _existing_file(path)
-    fmt = sniff_format(p)
-    if fmt == "unknown":
-        raise CheckpointError(
-            f"{str(p)!r} is not a weights file (TorchScript, torch.save or safetensors): "
-            f"{_describe_unknown(p)}"
-        )
-    if fmt == "torchscript":  # read as data: the archive's code is never compiled or run
-        return module_tensors(load_pickle(p, torchscript=True), repr(str(p)))
-    if fmt == "safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(p), device="cpu")
-        except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as err:
-            raise CheckpointError(
-                f"cannot read safetensors file {str(p)!r} (damaged or truncated?): {err}"
-            ) from err
-    return load_pickle(p)
 
 
 def _unwrap_state_dict(obj: Any, source: str) -> dict[str, Any]:
@@ -201,8 +86,5 @@ def load_clip_model(
     sd = round_like_official_fp16(sd) if official_fp16_rounding else {k: v.float() for k, v in sd.items()}
     with torch.device("meta"):
         model = CLIP(cfg)
-    try:
-        model.load_state_dict(sd, strict=True, assign=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{str(path)!r} does not fit the CLIP inferred from its shapes: {err}") from err
+    load_state_dict_strict(model, sd, f"{str(path)!r} (CLIP inferred from its shapes)", assign=True)
     return model

@@ -1,4 +1,4 @@
-"""Parameter-efficient tuning of CLIP4STR's image features, model variants, and official ``str_adapter`` files.
+"""Parameter-efficient tuning of CLIP4STR's image features: the adapter modules.
 
 Two adapters sit between the (frozen) CLIP image tower and the decoders, chosen by
 ``ModelConfig.adapter.kind``; :class:`~clip4str.model.clip4str.CLIP4STR` builds them with
@@ -15,46 +15,20 @@ Two adapters sit between the (frozen) CLIP image tower and the decoders, chosen 
   the backbone, so training memory and time are those of the side network and decoders.
 
 Freezing is a config matter (``image_freeze_layers``, ``text_freeze_layers``, ``freeze_token_embeddings``,
-applied by ``CLIP4STR.freeze_``); the PEFT variants in :data:`VARIANTS` freeze CLIP entirely, so only the adapter
-and the decoders train.
-
-Variants (``src/clip4str/configs/models/*.json``) are partial :class:`~clip4str.config.ModelConfig` dicts laid
-over an architecture preset: :func:`variant_config` ``('vit-b16', 'clip-adapter')``.
+applied by ``CLIP4STR.freeze_``). The variants that switch these adapters on (``'clip-adapter'``,
+``'ladder'``) are in :mod:`clip4str.presets`; official ``str_adapter`` files are converted by
+:mod:`clip4str.checkpoints`.
 """
 
 from __future__ import annotations
-
-import copy
-import json
-import re
-from collections.abc import Mapping
-from importlib import resources
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from clip4str.clip.model import LayerNorm, ResidualAttentionBlock, VisionTransformer
-from clip4str.config import AdapterConfig, ConfigError, ModelConfig, from_dict, to_dict
-from clip4str.errors import CheckpointError
+from clip4str.config import ADAPTER_KINDS, AdapterConfig, ConfigError, ModelConfig
 
-__all__ = [
-    "ADAPTER_KINDS",
-    "ClipAdapter",
-    "LadderSideAdapter",
-    "build_image_adapter",
-    "trainable_parameter_names",
-    "VARIANTS",
-    "variant_names",
-    "load_variant",
-    "variant_config",
-    "is_str_adapter_state_dict",
-    "convert_str_adapter",
-    "describe_trainable",
-]
-
-ADAPTER_KINDS = ("none", "clip-adapter", "ladder")
+__all__ = ["ClipAdapter", "LadderSideAdapter", "build_image_adapter", "trainable_parameter_names"]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -249,189 +223,3 @@ def build_image_adapter(config: ModelConfig) -> nn.Module:
             activation=config.clip.activation,
         )
     raise ConfigError(f"adapter.kind must be one of {', '.join(ADAPTER_KINDS)}, got {a.kind!r}")
-
-
-# ------------------------------------------------------------------------------------------------ variants
-_VARIANT_DIR = "configs/models"
-
-
-def _variant_files() -> dict[str, Any]:
-    root = resources.files("clip4str").joinpath(_VARIANT_DIR)
-    if not root.is_dir():
-        return {}
-    return {f.name[: -len(".json")]: f for f in root.iterdir() if f.name.endswith(".json")}
-
-
-def variant_names() -> list[str]:
-    """Names of the shipped model variants (``configs/models/*.json``), sorted."""
-    return sorted(_variant_files())
-
-
-VARIANTS: tuple[str, ...] = tuple(variant_names())
-
-
-def load_variant(name_or_path: str | Path) -> dict[str, Any]:
-    """A variant's partial ModelConfig (the ``model`` entry of its JSON): by shipped name or JSON path."""
-    files = _variant_files()
-    key = str(name_or_path)
-    if key in files:
-        text, source = files[key].read_text(encoding="utf-8"), f"variant {key!r}"
-    elif key.endswith(".json") and Path(key).is_file():
-        text, source = Path(key).read_text(encoding="utf-8"), key
-    else:
-        raise ConfigError(
-            f"unknown model variant {key!r}; shipped variants: {', '.join(sorted(files)) or 'none'} (or give a "
-            "path to a .json file)"
-        )
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{source}: not valid JSON: {err}") from err
-    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-        raise ConfigError(f"{source}: expected an object with a 'model' mapping (a partial ModelConfig)")
-    model = copy.deepcopy(data["model"])
-    if isinstance(model.get("charset_train"), str):
-        from clip4str.charset import resolve_charset
-
-        model["charset_train"] = resolve_charset(model["charset_train"])
-    return model
-
-
-def _merge(base: dict[str, Any], update: Mapping[str, Any], where: str) -> None:
-    for key, value in update.items():
-        here = f"{where}.{key}" if where else key
-        if key not in base:
-            raise ConfigError(f"unknown config key {here!r}; valid keys here: {', '.join(sorted(base))}")
-        # free-form option dicts (adapter.options, text_encoder_options) are replaced, not merged
-        if key in ("options", "text_encoder_options"):
-            base[key] = copy.deepcopy(dict(value))
-        elif isinstance(base[key], dict) and isinstance(value, Mapping):
-            _merge(base[key], value, here)
-        else:
-            base[key] = value
-
-
-def variant_config(base: str | ModelConfig, *variants: str, **overrides: Any) -> ModelConfig:
-    """An architecture preset (or config) with variants laid over it in order, then ``overrides``.
-
-    >>> cfg = variant_config("tiny", "clip-adapter")
-    >>> cfg.adapter.kind, cfg.image_freeze_layers, cfg.text_freeze_layers
-    ('clip-adapter', -1, -1)
-    """
-    if isinstance(base, ModelConfig):
-        data = to_dict(base)
-    else:
-        from clip4str.presets import model_preset
-
-        data = to_dict(model_preset(base))
-    for name in variants:
-        _merge(data, load_variant(name), f"variant {name}")
-    _merge(data, overrides, "")
-    return from_dict(ModelConfig, data)
-
-
-# ------------------------------------------------------------------------------------------------ official
-_STR_ADAPTER_KINDS = {"linear": "clip-adapter", "ladder": "ladder"}
-_DEFAULT_BLOCK_IDS = [0, 4, 8, 11]  # STRAdapter's default block_ids
-
-
-def is_str_adapter_state_dict(state_dict: Mapping[str, Any]) -> bool:
-    """True for the official single-decoder ``str_adapter`` layout (``decoder.*``, ``head.*``, ``clip_model.*``)."""
-    return (
-        "pos_queries" in state_dict
-        and "head.weight" in state_dict
-        and any(k.startswith("decoder.layers.") for k in state_dict)
-        and not any(k.startswith("visual_decoder.") for k in state_dict)
-    )
-
-
-def convert_str_adapter(
-    state_dict: Mapping[str, Tensor], hparams: Mapping[str, Any] | None = None
-) -> tuple[ModelConfig, dict[str, Tensor]]:
-    """Convert an official ``STRAdapter`` checkpoint (``strhub/models/str_adapter``) → (config, state dict).
-
-    The official model has one decoder reading the adapted image memory (no cross-modal branch). It becomes a
-    CLIP4STR whose visual decoder holds that decoder and whose config decodes with the visual branch only
-    (``decoding.visual_only=True``); the cross-modal decoder is a copy of it so that the file is complete
-    (enable the cross-modal branch only after training it). Adapter types: ``linear`` → 'clip-adapter'
-    (ratio 0.2, reduction from the weights); ``ladder`` → 'ladder' with reduction 1 and
-    ``hyper_parameters.block_ids``. The ``attention``, ``linear_ladder`` and ``ladder_pruning`` types are not
-    supported.
-    """
-    from clip4str.checkpoints import config_from_official
-
-    hp = dict(hparams or {})
-    adapter_type = str(hp.get("adapter_type", ""))
-    adapter_keys = sorted(k for k in state_dict if k.startswith("adapter."))
-    if not adapter_type:
-        if "adapter.fc.0.weight" in state_dict:
-            adapter_type = "linear"
-        elif "adapter.alpha" in state_dict and any(".attn.in_proj_weight" in k for k in adapter_keys):
-            adapter_type = "ladder"
-        elif not adapter_keys:
-            adapter_type = "identity"
-        else:
-            raise CheckpointError(
-                f"str_adapter checkpoint: cannot tell the adapter type from its keys ({', '.join(adapter_keys[:4])}) "
-                "and hyper_parameters has no adapter_type"
-            )
-    if adapter_type not in _STR_ADAPTER_KINDS and adapter_type != "identity":
-        raise CheckpointError(
-            f"str_adapter checkpoint with adapter_type={adapter_type!r} is not supported; supported: linear "
-            "(CLIP-Adapter), ladder (full-width Ladder Side-Tuning) and checkpoints without an adapter"
-        )
-    out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        if key.startswith("clip_model."):
-            out[key] = value
-        elif key.startswith("decoder."):
-            out["visual_decoder." + key[len("decoder.") :]] = value
-        elif key.startswith(("head.", "text_embed.")) or key == "pos_queries":
-            out["visual_decoder." + key] = value
-        elif key.startswith("adapter."):
-            out["image_adapter." + key[len("adapter.") :]] = value
-        else:
-            raise CheckpointError(f"str_adapter checkpoint: unexpected key {key!r}")
-    for key in [k for k in out if k.startswith("visual_decoder.")]:
-        out["cross_decoder." + key[len("visual_decoder.") :]] = out[key].clone()
-
-    if adapter_type == "linear":
-        hidden, embed_dim = out["image_adapter.fc.0.weight"].shape
-        adapter = AdapterConfig(kind="clip-adapter", ratio=0.2, reduction=embed_dim // hidden)
-    elif adapter_type == "ladder":
-        n_side = len({k.split(".")[2] for k in out if k.startswith("image_adapter.resblocks.")})
-        block_ids = [int(i) for i in hp.get("block_ids", _DEFAULT_BLOCK_IDS)]
-        if len(block_ids) != n_side:
-            raise CheckpointError(
-                f"str_adapter ladder checkpoint has {n_side} side blocks but block_ids={block_ids}; the "
-                "hyper_parameters must record the block_ids it was trained with"
-            )
-        adapter = AdapterConfig(
-            kind="ladder", reduction=1, options={"block_ids": block_ids, "temperature": 0.1}
-        )
-    else:
-        adapter = AdapterConfig()
-    config = config_from_official(out, hp)
-    config.adapter = adapter
-    config.decoding.visual_only = True
-    if bool(hp.get("freeze_backbone", True)):
-        config.image_freeze_layers = -1
-        config.text_freeze_layers = -1
-    return config, out
-
-
-def describe_trainable(model: nn.Module) -> str:
-    """One line per top-level part: trainable / total parameters (e.g. for a PEFT run's log)."""
-    parts: dict[str, list[int]] = {}
-    for name, p in model.named_parameters():
-        top = re.split(r"\.", name, maxsplit=1)[0]
-        if top == "clip_model":
-            top = "clip_model.visual" if name.startswith("clip_model.visual.") else "clip_model.text"
-        row = parts.setdefault(top, [0, 0])
-        row[0] += p.numel() if p.requires_grad else 0
-        row[1] += p.numel()
-    total_t = sum(r[0] for r in parts.values())
-    total = sum(r[1] for r in parts.values())
-    lines = [f"{k}: {t:,} / {n:,} trainable" for k, (t, n) in parts.items()]
-    lines.append(f"total: {total_t:,} / {total:,} trainable ({100 * total_t / max(total, 1):.2f}%)")
-    return "\n".join(lines)

@@ -27,7 +27,7 @@ Options (``ModelConfig.text_encoder_options``):
 * ``tokenizer``: tokenizer folder or hub id (default: ``model``).
 * ``projection_dim``: P of a fresh ``LinearTransformation`` when building from ``config`` (0: none).
 * ``pretrained`` (True): load the weights of ``model``; False builds the architecture only (the weights then
-  come from a CLIP4STR checkpoint).
+  come from a CLIP4STR checkpoint; :func:`clip4str.checkpoints.load_model` builds with it).
 * ``freeze_layers`` (-1): -1 freezes the transformer and ``LinearTransformation`` (kept in eval mode, so no
   dropout); N > 0 the embeddings and first N layers; 0 nothing. ``proj`` always trains.
 * ``max_length``, ``output_projection``, ``revision``, ``cache_dir``, ``offline`` (default ``HF_HUB_OFFLINE``).
@@ -35,11 +35,8 @@ Options (``ModelConfig.text_encoder_options``):
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +44,12 @@ import torch
 from torch import Tensor, nn
 
 from clip4str.config import ConfigError, ModelConfig
-from clip4str.errors import CheckpointError, ModelNotFoundError
+from clip4str.errors import CheckpointError
 
 __all__ = [
     "TEXT_ENCODERS",
     "HFTextEncoder",
     "build_text_encoder",
-    "no_pretrained_weights",
-    "resolve_model_dir",
     "mclip_sentence_embedding",
 ]
 
@@ -92,27 +87,6 @@ _OPTION_KEYS = {
     "cache_dir",
     "offline",
 }
-# Only these files are fetched from the hub (M-CLIP repos also hold TensorFlow weights).
-_TOKENIZER_FILES = [
-    "*.json",
-    "*.model",
-    "*.txt",
-]
-_WEIGHT_FILES = ["model.safetensors", "pytorch_model.bin"]
-
-_state = threading.local()
-
-
-@contextlib.contextmanager
-def no_pretrained_weights() -> Iterator[None]:
-    """Within this block, text encoders build their architecture without reading pretrained weights (use it
-    when a CLIP4STR checkpoint will supply every tensor)."""
-    old = getattr(_state, "skip", False)
-    _state.skip = True
-    try:
-        yield
-    finally:
-        _state.skip = old
 
 
 def _transformers():
@@ -126,55 +100,20 @@ def _transformers():
     return transformers
 
 
-def _is_offline(option: Any) -> bool:
-    if option is not None:
-        return bool(option)
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
+def resolve_model_dir(name_or_path: str, options: Mapping[str, Any], weights: bool = True) -> Path:
+    """A local folder, or the hub cache's snapshot of ``name_or_path`` (:func:`clip4str.hub.resolve_snapshot`,
+    with the ``revision``, ``cache_dir`` and ``offline`` options)."""
+    from clip4str.hub import resolve_snapshot
 
-
-def resolve_model_dir(
-    name_or_path: str,
-    weights: bool = True,
-    revision: str | None = None,
-    cache_dir: str | None = None,
-    offline: bool | None = None,
-) -> Path:
-    """A local folder, or the hub cache's snapshot of ``name_or_path`` (downloaded unless offline).
-
-    Only configuration/tokenizer files and, when ``weights``, the PyTorch weights are fetched.
-    """
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise ModelNotFoundError(f"text encoder folder {name_or_path!r} does not exist (or is not a folder)")
-    from huggingface_hub import snapshot_download
-
-    local_only = _is_offline(offline)
-    patterns = _TOKENIZER_FILES + (_WEIGHT_FILES if weights else [])
-    try:
-        return Path(
-            snapshot_download(
-                repo_id=name_or_path,
-                revision=revision,
-                cache_dir=cache_dir,
-                local_files_only=local_only,
-                allow_patterns=patterns,
-            )
-        )
-    except Exception as err:  # noqa: BLE001 - hub errors have many types; all mean "not available"
-        how = (
-            "offline mode (HF_HUB_OFFLINE=1 or offline=True) and it is not in the Hugging Face cache"
-            if local_only
-            else f"download failed ({type(err).__name__}: {err})"
-        )
-        from clip4str.hub import download_command
-
-        raise ModelNotFoundError(
-            f"text encoder {name_or_path!r} is not available: {how}. Download it once with network access "
-            f"(e.g. `{download_command(str(name_or_path))}`), or set text_encoder_options.model to a local "
-            "folder holding its config.json, tokenizer and weights"
-        ) from err
+    return resolve_snapshot(
+        name_or_path,
+        weights=weights,
+        revision=options.get("revision"),
+        cache_dir=options.get("cache_dir"),
+        offline=options.get("offline"),
+        what="text encoder",
+        fix="set text_encoder_options.model to a local folder holding its config.json, tokenizer and weights",
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -214,21 +153,13 @@ def _base_config(folder: Path, data: dict[str, Any], options: Mapping[str, Any])
         return _config_from_dict(_KNOWN_BASES[base], f"modelBase {base!r}"), proj
     if not base:
         raise ConfigError(f"{folder / 'config.json'}: an M-CLIP config needs 'modelBase'")
-    base_dir = resolve_model_dir(
-        base, weights=False, cache_dir=options.get("cache_dir"), offline=options.get("offline")
-    )
+    base_dir = resolve_model_dir(base, options, weights=False)
     return _config_from_dict(_read_json(base_dir / "config.json"), str(base_dir / "config.json")), proj
 
 
 def _load_tokenizer(source: str, options: Mapping[str, Any]):
     transformers = _transformers()
-    folder = resolve_model_dir(
-        source,
-        weights=False,
-        revision=options.get("revision"),
-        cache_dir=options.get("cache_dir"),
-        offline=options.get("offline"),
-    )
+    folder = resolve_model_dir(source, options, weights=False)
     tok_file = folder / "tokenizer.json"
     if tok_file.is_file():
         # Read tokenizer.json directly: an M-CLIP config.json has a model_type AutoTokenizer does not know.
@@ -253,17 +184,12 @@ def _load_tokenizer(source: str, options: Mapping[str, Any]):
 
 
 def _read_weights(folder: Path) -> dict[str, Tensor]:
-    st = folder / "model.safetensors"
-    if st.is_file():
-        from safetensors.torch import load_file
+    from clip4str.weights import read_tensor_file
 
-        return load_file(str(st))
-    pt = folder / "pytorch_model.bin"
-    if pt.is_file():
-        from clip4str.safe_pickle import load_pickle
-
-        obj = load_pickle(pt)
-        return dict(obj.get("state_dict", obj)) if isinstance(obj, Mapping) else obj
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            obj = read_tensor_file(folder / name)
+            return dict(obj.get("state_dict", obj)) if isinstance(obj, Mapping) else obj
     raise CheckpointError(
         f"{folder} has no model.safetensors or pytorch_model.bin; pass text_encoder_options.pretrained=false to "
         "build the architecture without weights"
@@ -406,7 +332,7 @@ def _build_hf(config: ModelConfig, options: Mapping[str, Any]) -> HFTextEncoder:
             f"text_encoder={config.text_encoder!r} needs text_encoder_options.model (a hub id such as "
             "'M-CLIP/XLM-Roberta-Large-Vit-B-32' or a local folder) or text_encoder_options.config"
         )
-    pretrained = bool(options.get("pretrained", True)) and not getattr(_state, "skip", False)
+    pretrained = bool(options.get("pretrained", True))
     folder: Path | None = None
     proj_dim: int | None = None
     if inline:
@@ -415,20 +341,9 @@ def _build_hf(config: ModelConfig, options: Mapping[str, Any]) -> HFTextEncoder:
         hf_config = _config_from_dict(inline, "text_encoder_options.config")
         proj_dim = int(options.get("projection_dim", 0)) or None
         if model_name and pretrained:
-            folder = resolve_model_dir(
-                str(model_name),
-                revision=options.get("revision"),
-                cache_dir=options.get("cache_dir"),
-                offline=options.get("offline"),
-            )
+            folder = resolve_model_dir(str(model_name), options)
     else:
-        folder = resolve_model_dir(
-            str(model_name),
-            weights=pretrained,
-            revision=options.get("revision"),
-            cache_dir=options.get("cache_dir"),
-            offline=options.get("offline"),
-        )
+        folder = resolve_model_dir(str(model_name), options, weights=pretrained)
         if not (folder / "config.json").is_file():
             raise ConfigError(f"text encoder folder {folder} has no config.json")
         hf_config, proj_dim = _base_config(folder, _read_json(folder / "config.json"), options)
@@ -465,6 +380,8 @@ def _build_hf(config: ModelConfig, options: Mapping[str, Any]) -> HFTextEncoder:
 
 def _load_pretrained(encoder: HFTextEncoder, folder: Path) -> None:
     """Copy a folder's weights (M-CLIP ``transformer.*`` + ``LinearTransformation.*``, or a bare encoder)."""
+    from clip4str.weights import load_state_dict_strict
+
     sd = _read_weights(folder)
     if any(k.startswith("transformer.") for k in sd):
         body = {k[len("transformer.") :]: v for k, v in sd.items() if k.startswith("transformer.")}
@@ -473,18 +390,14 @@ def _load_pretrained(encoder: HFTextEncoder, folder: Path) -> None:
         body = {
             k[len(prefix) + 1 :] if prefix and k.startswith(prefix + ".") else k: v for k, v in sd.items()
         }
+    ignorable = ("pooler.", "embeddings.position_ids", "lm_head.", "LinearTransformation.")
     own = encoder.transformer.state_dict()
-    ignorable = ("pooler.", "embeddings.position_ids", "lm_head.")
-    missing = sorted(set(own) - set(body))
-    unexpected = sorted(k for k in set(body) - set(own) if not k.startswith(ignorable))
-    unexpected = [k for k in unexpected if not k.startswith("LinearTransformation.")]
-    shapes = [k for k in own if k in body and tuple(body[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        raise CheckpointError(
-            f"{folder}: weights do not fit the text encoder built from its config.json: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}, mis-shaped {shapes[:5]}"
-        )
-    encoder.transformer.load_state_dict({k: body[k].float() for k in own}, strict=True)
+    body = {
+        k: v.float() if v.is_floating_point() else v
+        for k, v in body.items()
+        if k in own or not k.startswith(ignorable)
+    }
+    load_state_dict_strict(encoder.transformer, body, f"{folder} (text encoder built from its config.json)")
     lt = encoder.linear_transformation
     if lt is not None:
         w, b = sd.get("LinearTransformation.weight"), sd.get("LinearTransformation.bias")

@@ -1,11 +1,13 @@
 """Build the model a run starts from: random, bare CLIP weights, or a CLIP4STR checkpoint to fine-tune.
 
-* ``random``: the ``model_preset`` architecture with ``model`` overrides, randomly initialised.
+Every model is built by :func:`clip4str.factory.create_model` (untrained), then filled:
+
+* ``random``: the ``model_preset`` architecture with ``variants`` and ``model`` overrides, randomly initialised.
 * ``clip:PATH``: CLIP sizes inferred from the weights file (OpenAI TorchScript / state dict, OpenCLIP
   ``.bin``, ``.safetensors``), weights rounded like the official ``clip.load`` (fp16 round trip), decoders
   random: the official way a training run starts.
 * ``checkpoint:PATH``: an official ``.ckpt``/``.pt`` or an own-format model. Its config is the base
-  (``model_preset`` is ignored), ``model``/charset overrides apply on top. When the training charset
+  (``model_preset`` is ignored), ``variants``/``model``/charset overrides apply on top. When the training charset
   differs from the checkpoint's, the heads and character embeddings of both decoders are re-initialised
   and every other tensor is copied.
 """
@@ -19,9 +21,10 @@ import torch
 from torch import nn
 
 from clip4str.config import ConfigError, ModelConfig, to_dict
-from clip4str.errors import CheckpointError
+from clip4str.factory import create_model
 from clip4str.model.clip4str import CLIP4STR
 from clip4str.train.config import TrainConfig, parse_init, resolve_model_config
+from clip4str.weights import load_state_dict_strict
 
 # Tensors that depend on the character set: re-initialised when fine-tuning to a new charset.
 CHARSET_TENSORS = re.compile(r"^(visual|cross)_decoder\.(head|text_embed)\.")
@@ -45,7 +48,7 @@ def build_model(cfg: TrainConfig) -> tuple[CLIP4STR, InitReport]:
     """The model to train (fp32, train mode, freezing applied) and how it was initialised."""
     kind, path = parse_init(cfg.init)
     if kind == "random":
-        model = CLIP4STR(resolve_model_config(cfg))
+        model = create_model(resolve_model_config(cfg), pretrained=False)
         return model.train(), InitReport(f"random init ({cfg.model_preset})")
     if kind == "clip":
         return _from_clip(cfg, path)
@@ -67,12 +70,10 @@ def _from_clip(cfg: TrainConfig, path: str) -> tuple[CLIP4STR, InitReport]:
             f"model.clip overrides change the CLIP tower inferred from {path!r}; remove them (sizes come from "
             "the weights)"
         )
-    model = CLIP4STR(model_cfg)
-    weights = round_like_official_fp16(sd)
-    try:
-        model.clip_model.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: does not fit the CLIP tower inferred from it: {err}") from err
+    model = create_model(model_cfg, pretrained=False)
+    load_state_dict_strict(
+        model.clip_model, round_like_official_fp16(sd), f"{path} (CLIP tower inferred from it)"
+    )
     init_side = getattr(model.image_adapter, "init_from_backbone", None)
     if init_side is not None and model_cfg.adapter.reduction == 1:
         init_side(model.clip_model.visual)  # a full-width ladder starts as a copy of the backbone
@@ -80,12 +81,13 @@ def _from_clip(cfg: TrainConfig, path: str) -> tuple[CLIP4STR, InitReport]:
 
 
 def _from_checkpoint(cfg: TrainConfig, path: str) -> tuple[CLIP4STR, InitReport]:
-    from clip4str.checkpoints import config_from_official, read_checkpoint
+    from clip4str.checkpoints import config_from_file
+    from clip4str.weights import read_checkpoint
 
     sd, hparams, own_cfg = read_checkpoint(path)
-    base = own_cfg if own_cfg is not None else config_from_official(sd, hparams)
+    base, sd = config_from_file(sd, hparams, own_cfg, str(path))
     model_cfg = resolve_model_config(cfg, base)
-    model = CLIP4STR(model_cfg)
+    model = create_model(model_cfg, pretrained=False)
     reinit = transfer_weights(model, sd, base, model_cfg, str(path))
     return model.train(), InitReport(f"checkpoint {path}", reinit)
 
@@ -106,33 +108,22 @@ def transfer_weights(
     :class:`CheckpointError` naming the keys.
     """
     charset_changed = old.charset_train != new.charset_train
-    own = model.state_dict()
-    reinit, problems, loaded = [], [], {}
-    for name, target in own.items():
-        if charset_changed and CHARSET_TENSORS.match(name):
-            reinit.append(name)
-            continue
-        value = state_dict.get(name)
-        if value is None and name.startswith(_ADDED_PARTS):
-            reinit.append(name)  # an adapter or text encoder added to a model trained without it
-            continue
-        if value is None:
-            problems.append(f"{name} missing")
-        elif value.shape != target.shape:
-            problems.append(f"{name}: file {tuple(value.shape)} vs model {tuple(target.shape)}")
-        else:
-            loaded[name] = value.to(target.dtype)
-    unexpected = sorted(set(state_dict) - set(own))
-    if unexpected:
-        problems.append(f"unexpected keys {', '.join(unexpected[:5])}")
-    if problems:
-        raise CheckpointError(
-            f"{source}: weights do not fit the model to train ({'; '.join(problems[:8])}). Only the charset "
-            "may differ from the checkpoint (heads and character embeddings are then re-initialised); other "
-            "architecture changes (max_label_length, sizes) are not supported when fine-tuning"
-        )
-    model.load_state_dict(loaded, strict=False)
-    return reinit
+    own = list(model.state_dict())
+    dropped = {k for k in own if charset_changed and CHARSET_TENSORS.match(k)}
+    kept = {k: v for k, v in state_dict.items() if k not in dropped}
+    fresh = load_state_dict_strict(
+        model,
+        kept,
+        source,
+        # an adapter or text encoder added to a model trained without it starts from its own init
+        may_be_missing=lambda name: name in dropped or name.startswith(_ADDED_PARTS),
+        hint=(
+            ". Only the charset may differ from the checkpoint (heads and character embeddings are then "
+            "re-initialised); other architecture changes (max_label_length, sizes) are not supported when "
+            "fine-tuning"
+        ),
+    )
+    return [k for k in own if k in set(fresh)]
 
 
 def parameter_summary(model: nn.Module) -> str:
