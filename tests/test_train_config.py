@@ -139,3 +139,14 @@ def test_gpu_recipe_on_a_cpu_machine_fails_before_work(tmp_path) -> None:
             "precision=bf16-mixed",
         ],
     ).validate()
+
+
+def test_recipes_name_model_variants(capsys) -> None:
+    cfg = load_train_config("tiny", ['variants=["ladder"]', "model.adapter.reduction=2"])
+    model_cfg = resolve_model_config(cfg)
+    assert model_cfg.adapter.kind == "ladder" and model_cfg.adapter.reduction == 2  # model goes last
+    assert model_cfg.image_freeze_layers == -1 and model_cfg.clip.vision.image_size == 64
+    assert main(["train", "--config", "tiny", "--variant", "clip-adapter", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["variants"] == ["clip-adapter"]
+    with pytest.raises(ConfigError, match="unknown model variant 'lora'"):
+        resolve_model_config(load_train_config("tiny", ['variants=["lora"]']))

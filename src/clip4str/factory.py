@@ -24,24 +24,21 @@ if TYPE_CHECKING:
 __all__ = ["create_model"]
 
 
-def _architecture(
-    name_or_path: str | Path, variants: tuple[str, ...], overrides: dict[str, Any]
-) -> ModelConfig:
-    """The config an untrained model of ``name_or_path`` gets: a preset, or a release's preset."""
+def _architecture(name_or_path: str | Path | ModelConfig) -> ModelConfig | str:
+    """What an untrained model of ``name_or_path`` is built from: a config (given, or a checkpoint's) or a
+    preset name (given, or a release's)."""
     from clip4str import hub
-    from clip4str.presets import model_preset
 
-    release = None if Path(os.fspath(name_or_path)).exists() else hub.get_release(str(name_or_path))
-    if release is not None:
-        return model_preset(release.preset, *variants, **overrides)
+    if isinstance(name_or_path, ModelConfig):
+        return name_or_path
     if Path(os.fspath(name_or_path)).exists():
         from clip4str.checkpoints import config_from_file
         from clip4str.weights import read_checkpoint
 
         sd, hparams, config = read_checkpoint(name_or_path)
-        config, _ = config_from_file(sd, hparams, config, str(name_or_path))
-        return model_preset(config, *variants, **overrides)
-    return model_preset(str(name_or_path), *variants, **overrides)
+        return config_from_file(sd, hparams, config, str(name_or_path))[0]
+    release = hub.get_release(str(name_or_path))
+    return release.preset if release is not None else str(name_or_path)
 
 
 def create_model(
@@ -78,14 +75,14 @@ def create_model(
         CheckpointError: an unreadable file, or weights that do not fit the config.
         ConfigError: an unknown preset or variant, or a bad override.
     """
-    if isinstance(name_or_path, ModelConfig):
-        if pretrained:
-            raise ConfigError("a ModelConfig has no weights: pass pretrained=False (or a checkpoint path)")
+    if isinstance(name_or_path, ModelConfig) and pretrained:
+        raise ConfigError("a ModelConfig has no weights: pass pretrained=False (or a checkpoint path)")
+    if not pretrained:
+        from clip4str.model.clip4str import CLIP4STR
         from clip4str.presets import model_preset
 
-        return _untrained(model_preset(name_or_path, *variants, **overrides), map_location)
-    if not pretrained:
-        return _untrained(_architecture(name_or_path, tuple(variants), overrides), map_location)
+        model = CLIP4STR(model_preset(_architecture(name_or_path), *variants, **overrides))
+        return (model if map_location is None else model.to(map_location)).eval()
     if variants:
         raise ConfigError("variants change the architecture, so they apply only with pretrained=False")
     from clip4str import hub
@@ -104,10 +101,3 @@ def create_model(
         )
     path = hub.resolve_model(name_or_path, cache_dir=cache_dir, offline=offline, progress=progress)
     return load_model(path, overrides=overrides, map_location=map_location or "cpu")
-
-
-def _untrained(config: ModelConfig, map_location: str | torch.device | None) -> CLIP4STR:
-    from clip4str.model.clip4str import CLIP4STR
-
-    model = CLIP4STR(config)
-    return (model if map_location is None else model.to(map_location)).eval()
