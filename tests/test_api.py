@@ -176,7 +176,8 @@ def test_read_resolves_charset_test_presets_and_refuses_empty_ones(ckpt, image_p
     assert main(["read", "--model", str(ckpt), "--charset-test", "36", "--json", str(image_paths[0])]) == 0
     assert json.loads(capsys.readouterr().out)["text"] == "Chicken"  # the 94-char head still reads case
     reader = clip4str.load(ckpt, charset_test="0123456789abcdefghijklmnopqrstuvwxyz")
-    assert reader.model.charset_adapter("Ab-1") == "ab1"
+    assert reader.model.charset_adapter_for(reader.options.charset_test)("Ab-1") == "ab1"
+    assert reader.model.charset_adapter("Ab-1") == "Ab-1"  # a decoding option: the model's own is kept
     with pytest.raises(ValueError, match="charset_test must not be empty"):
         clip4str.load(ckpt, charset_test="")
     with pytest.raises(ValueError, match="batch_size"):

@@ -157,13 +157,9 @@ def golden_images(golden_dir):
 
 @pytest.fixture(scope="module")
 def read36(reader, golden_images):
-    """What ``read`` gives each golden image with the 36-char test charset applied to the model."""
-    previous = reader.model.config.charset_test
-    reader.model.set_charset_test(CHARSET_36)
-    try:
-        return {p.name: pred for p, pred in zip(golden_images, reader.read(golden_images))}
-    finally:
-        reader.model.set_charset_test(previous)
+    """What ``read`` gives each golden image when decoding with the 36-char test charset."""
+    preds = reader.with_options(charset_test=CHARSET_36).read(golden_images)
+    return {p.name: pred for p, pred in zip(golden_images, preds)}
 
 
 IIIT_LABELS = ["Chicken", "stop", "x7-Zq!", "b", "2024"]  # images 00..04
@@ -293,20 +289,22 @@ def test_label_file_with_missing_and_corrupt_images(reader, tmp_path, golden_ima
     assert any("gone.png\tdef\t\t\t0.000000\t" in line for line in lines)
 
 
-def test_test_charset_is_given_to_the_model_during_the_run(reader, tmp_path, golden_images):
+def test_test_charset_is_given_to_the_model_during_the_run(reader, tmp_path, golden_images, monkeypatch):
+    from clip4str.api import Recognizer
+
     (tmp_path / "l.tsv").write_text(f"{golden_images[0]}\tChicken\n", encoding="utf-8")
-    before = reader.model.config.charset_test
     seen: list[str | None] = []
-    logits = reader.logits
-    reader.logits = lambda px: (seen.append(reader.model.config.charset_test), logits(px))[1]
-    try:
-        punct = test_charset(punctuation=True)
-        report = evaluate_label_file(reader, tmp_path / "l.tsv", charset=punct, progress=False)
-        evaluate_label_file(reader, tmp_path / "l.tsv", apply_charset_to_model=False, progress=False)
-    finally:
-        del reader.logits
-    assert seen == [punct, before]  # official: charset_test shapes the caption; restored afterwards
-    assert reader.model.config.charset_test == before
+    logits = Recognizer.logits
+
+    def recording(self, pixels, options=None):
+        seen.append((options or self.options).charset_test)
+        return logits(self, pixels, options)
+
+    monkeypatch.setattr(Recognizer, "logits", recording)
+    punct = test_charset(punctuation=True)
+    report = evaluate_label_file(reader, tmp_path / "l.tsv", charset=punct, progress=False)
+    evaluate_label_file(reader, tmp_path / "l.tsv", apply_charset_to_model=False, progress=False)
+    assert seen == [punct, reader.options.charset_test]  # official: charset_test shapes the caption
     assert report.charset == punct and report.settings["charset_applied_to_model"]
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 import clip4str
 from clip4str.api import Recognizer
 from clip4str.cli import main
-from clip4str.explain import DecodeOptions, decode, explain_pixels
+from clip4str.explain import decode, explain_pixels
 from clip4str.model.clip4str import CLIP4STR
 from clip4str.model.decoder import MultiheadAttention
 from clip4str.presets import model_preset
@@ -92,7 +92,7 @@ def test_maps_cover_a_rectangular_patch_grid():
     assert cfg.clip.vision.grid_hw == (4, 8)
     reader = Recognizer(CLIP4STR(cfg))
     pixels = torch.randn(3, 3, 32, 128)
-    logits, weights = decode(reader, pixels, DecodeOptions().resolve(reader), attention=True)
+    logits, weights = decode(reader, pixels, attention=True)
     assert weights is not None and weights.shape[:2] == logits.shape[:2]
     assert weights.shape[2] == 1 + 4 * 8 + cfg.caption_length  # class token, patches, caption tokens
     explained = explain_pixels(reader, pixels)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,15 +20,16 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from clip4str.config import MAX_REFINE_ITERS
 from clip4str.data.transforms import ImageSource, load_image, preprocess, preprocess_one
+from clip4str.decoding import DecodeOptions
 from clip4str.model.clip4str import CLIP4STR
 
 if TYPE_CHECKING:
+    from clip4str.config import ModelConfig
     from clip4str.explain import Explanation
 
 T = TypeVar("T")
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # DecodeOptions.precision other than fp32
 
 
 @dataclass
@@ -44,88 +46,84 @@ class Recognizer:
     """A loaded CLIP4STR model with its preprocessing and decoding options.
 
     Args:
-        model: the network (its config carries the preprocessing).
+        model: the network (its config carries the preprocessing and the default decoding).
         device: where to run ('cpu', 'cuda', 'cuda:1', ...).
-        mode: 'ar' or 'nar' decoding (default: the model config's).
-        refine_iters: cloze refinement iterations (default: the model config's).
-        visual_only: read with the visual branch alone.
-        charset_test: restrict predictions fed to the text encoder to these characters (changes logits, as
-            in the official evaluation); None keeps the checkpoint's.
-        batch_size: images per forward pass in :meth:`read`.
-        precision: 'fp32', 'bf16' or 'fp16' (autocast; fp16 only on CUDA).
+        options: how to decode; default: the model config's (:meth:`DecodeOptions.of_model`).
         compile: ``torch.compile`` the encoder and the decoding step (pays on GPUs for large runs; the first
             batch of each size compiles, which takes minutes on a CPU).
+        name: what to call the model in messages (default: its config's name).
+        **changes: :class:`~clip4str.decoding.DecodeOptions` fields changing ``options``: ``mode``,
+            ``refine_iters``, ``visual_only``, ``charset_test``, ``precision`` ('fp16' only on CUDA),
+            ``batch_size``; None keeps the value.
     """
 
     def __init__(
         self,
         model: CLIP4STR,
         device: str | torch.device = "cpu",
-        mode: str | None = None,
-        refine_iters: int | None = None,
-        visual_only: bool | None = None,
-        charset_test: str | None = None,
-        batch_size: int = 32,
-        precision: str = "fp32",
+        options: DecodeOptions | None = None,
+        *,
         compile: bool = False,
         name: str | None = None,
+        **changes: Any,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if options is not None and not isinstance(options, DecodeOptions):
+            raise TypeError(f"options must be a DecodeOptions, got {type(options).__name__}")
         self.device = check_device(device)
-        if precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' on CPU")
         self.model = model.to(self.device).eval()
-        if charset_test is not None:
-            self.model.set_charset_test(charset_test)
-        dec = self.model.config.decoding
-        self.mode = dec.mode if mode is None else mode
-        self.refine_iters = dec.refine_iters if refine_iters is None else refine_iters
-        self.visual_only = dec.visual_only if visual_only is None else visual_only
-        if self.mode not in ("ar", "nar"):
-            raise ValueError(f"mode must be 'ar' or 'nar', got {self.mode!r}")
-        if not 0 <= self.refine_iters <= MAX_REFINE_ITERS:  # 10**9 would never finish
-            raise ValueError(f"refine_iters must be in [0, {MAX_REFINE_ITERS}], got {self.refine_iters}")
-        self.batch_size = batch_size
-        self.precision = precision
-        self.name = name or self.model.config.name or "unnamed model"
-        if not self.visual_only and self.model.text_encoder is None:
-            self.model.caption_tokenizer  # noqa: B018 - finds CLIP's vocabulary now, or says where it looked
+        self.options = self._usable((options or DecodeOptions.of_model(model.config)).replace(**changes))
+        self.name = name or model.config.name or "unnamed model"
         if compile:
-            self.model.enable_compile()
+            model.enable_compile()
+
+    def _usable(self, options: DecodeOptions) -> DecodeOptions:
+        """``options`` once they are known to work here: fp16 needs CUDA; the text branch's vocabulary is
+        loaded now (FileNotFoundError saying where it looked), not at the first read."""
+        if options.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' on CPU")
+        if not options.visual_only and self.model.text_encoder is None:
+            self.model.load_text_vocabulary()
+        return options
+
+    def with_options(self, **changes: Any) -> Recognizer:
+        """This recognizer (the same model, not a copy) with changed decoding options."""
+        other = copy.copy(self)
+        other.options = self._usable(self.options.replace(**changes))
+        return other
 
     @property
-    def config(self):
+    def config(self) -> ModelConfig:
         return self.model.config
 
+    @property
+    def test_charset(self) -> str:
+        """The characters predictions are restricted to before they become captions."""
+        return self.options.charset_test or self.config.resolved_charset_test
+
     def __repr__(self) -> str:
-        decoding = "visual only" if self.visual_only else f"{self.mode}, refine_iters={self.refine_iters}"
+        o = self.options
+        decoding = "visual only" if o.visual_only else f"{o.mode}, refine_iters={o.refine_iters}"
         return (
-            f"Recognizer({self.name!r}, device={str(self.device)!r}, {decoding}, precision={self.precision!r}, "
-            f"charset of {len(self.config.resolved_charset_test)})"
+            f"Recognizer({self.name!r}, device={str(self.device)!r}, {decoding}, precision={o.precision!r}, "
+            f"charset of {len(self.test_charset)})"
         )
 
     def preprocess(self, images: ImageSource | Sequence[ImageSource]) -> Tensor:
         """Paths, PIL images, bytes or arrays → (N, 3, H, W) float32, as the model expects them."""
         return preprocess([load_image(im) for im in _as_list(images)], self.config.preprocess)
 
-    def _autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
-
     @torch.inference_mode()
-    def logits(self, pixels: Tensor) -> Tensor:
-        """(N, 3, H, W) preprocessed images → final logits (N, L, C) (float32), the official ``forward``."""
-        with self._autocast():
-            out = self.model.decode(
-                pixels.to(self.device),
-                mode=self.mode,
-                refine_iters=self.refine_iters,
-                visual_only=self.visual_only,
-            )
+    def logits(self, pixels: Tensor, options: DecodeOptions | None = None) -> Tensor:
+        """(N, 3, H, W) preprocessed images → final logits (N, L, C) (float32), the official ``forward``,
+        decoded with ``options`` (default: this recognizer's)."""
+        options = options or self.options
+        autocast = (
+            contextlib.nullcontext()
+            if options.precision == "fp32"
+            else torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[options.precision])
+        )
+        with autocast:
+            out = self.model.decode(pixels.to(self.device), options)
         return out.float()
 
     def predictions_from_logits(self, logits: Tensor) -> list[Prediction]:
@@ -145,7 +143,7 @@ class Recognizer:
         skip and report bad files instead.
         """
         items = _as_list(images)
-        size = self._batch_size(batch_size)
+        size = self.options.replace(batch_size=batch_size).batch_size
         out: list[Prediction] = []
         for start in range(0, len(items), size):
             out.extend(
@@ -170,7 +168,7 @@ class Recognizer:
         """Read many files, yielding ``(path, prediction)`` in order, or ``(path, error)`` for a file that
         cannot be read. Image decoding and preprocessing run in ``workers`` threads, overlapping the model.
         """
-        yield from self.read_stream([str(p) for p in paths], batch_size=batch_size, workers=workers)
+        yield from self.read_stream((str(p) for p in paths), batch_size=batch_size, workers=workers)
 
     def read_stream(
         self,
@@ -181,13 +179,13 @@ class Recognizer:
         workers: int = 4,
     ) -> Iterator[tuple[T, Prediction | Exception]]:
         """Read a stream of images in batches, yielding ``(item, prediction)`` in order, or ``(item, error)``
-        for one that cannot be read.
+        for one that cannot be read. ``items`` is consumed as the results are: it may be endless.
 
         ``fetch(item)`` runs in the calling thread (e.g. reading bytes from an LMDB, whose transactions stay
         on one thread); ``load(fetched)`` → RGB image and the preprocessing run in ``workers`` threads,
         about two batches ahead of the model.
         """
-        size = self._batch_size(batch_size)
+        size = self.options.replace(batch_size=batch_size).batch_size
         cfg = self.config.preprocess
 
         def fetched(item: T) -> Any:
@@ -204,11 +202,9 @@ class Recognizer:
             except Exception as err:  # noqa: BLE001 - reported to the caller with its item
                 return err
 
-        items = list(items)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            prepared = _bounded_map(pool, prepare, (fetched(item) for item in items), window=2 * size)
             batch: list[tuple[T, Tensor]] = []
-            for item, pixels in zip(items, prepared):
+            for item, pixels in _ordered_prefetch(pool, prepare, items, fetched, window=2 * size):
                 if isinstance(pixels, Exception):
                     yield from self._flush(batch)
                     batch = []
@@ -236,13 +232,6 @@ class Recognizer:
         from clip4str.detect import read_regions
 
         return read_regions(self, image, boxes, **options)
-
-    def _batch_size(self, batch_size: int | None) -> int:
-        if batch_size is None:
-            return self.batch_size
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        return batch_size
 
     def _flush(self, batch: list[tuple[T, Tensor]]) -> Iterator[tuple[T, Prediction]]:
         if not batch:
@@ -273,15 +262,24 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _bounded_map(pool: ThreadPoolExecutor, fn, items: Iterable[Any], window: int) -> Iterator[Any]:
-    """``pool.map`` in order, with at most ``window`` items submitted ahead of the consumer."""
-    pending: deque = deque()
+def _ordered_prefetch(
+    pool: ThreadPoolExecutor,
+    work: Callable[[Any], Any],
+    items: Iterable[T],
+    fetch: Callable[[T], Any],
+    window: int,
+) -> Iterator[tuple[T, Any]]:
+    """``(item, work(fetch(item)))`` in order: ``fetch`` on this thread as items are pulled, ``work`` in
+    ``pool``, with at most ``window`` items pulled ahead of the consumer."""
+    pending: deque[tuple[T, Any]] = deque()
     for item in items:
-        pending.append(pool.submit(fn, item))
+        pending.append((item, pool.submit(work, fetch(item))))
         if len(pending) >= window:
-            yield pending.popleft().result()
+            done, future = pending.popleft()
+            yield done, future.result()
     while pending:
-        yield pending.popleft().result()
+        done, future = pending.popleft()
+        yield done, future.result()
 
 
 def _as_list(images: Any) -> list[Any]:
@@ -295,17 +293,13 @@ def _as_list(images: Any) -> list[Any]:
 def load(
     name_or_path: str | Path | None = None,
     device: str | torch.device = "cpu",
+    options: DecodeOptions | None = None,
     *,
-    mode: str | None = None,
-    refine_iters: int | None = None,
-    visual_only: bool | None = None,
-    charset_test: str | None = None,
-    batch_size: int = 32,
-    precision: str = "fp32",
     compile: bool = False,
     overrides: list[str] | dict[str, Any] | None = None,
     cache_dir: str | Path | None = None,
     offline: bool | None = None,
+    **changes: Any,
 ) -> Recognizer:
     """Load a released model by name (downloaded once) or any checkpoint file/folder, ready to read.
 
@@ -313,8 +307,10 @@ def load(
         name_or_path: a release name (``clip4str-base``, ``clip4str-large``, ``clip4str-huge``, ... see
             ``clip4str models``), an official ``.ckpt``/``.pt`` file, or a clip4str model folder/safetensors.
             Default: ``clip4str-base``, the best released B/16 (downloaded once).
-        device, mode, refine_iters, visual_only, charset_test, batch_size, precision, compile: see
-            :class:`Recognizer`.
+        device, options, compile: see :class:`Recognizer`.
+        **changes: decoding options (``mode``, ``refine_iters``, ``visual_only``, ``charset_test``,
+            ``precision``, ``batch_size``: see :class:`~clip4str.decoding.DecodeOptions`), checked before
+            anything is downloaded.
         overrides: config changes applied before building (e.g. ``{'decoder.num_heads': 4}``).
         cache_dir, offline: download cache and offline mode (default: the Hugging Face cache and
             ``HF_HUB_OFFLINE``).
@@ -325,18 +321,9 @@ def load(
 
     name_or_path = name_or_path or DEFAULT_MODEL
     check_device(device)  # before any download: a CUDA device on a CPU-only machine fails at once
+    (options or DecodeOptions()).replace(**changes)  # likewise a bad option
     path = resolve_model(name_or_path, cache_dir=cache_dir, offline=offline)
     release = None if Path(name_or_path).exists() else get_release(str(name_or_path))
     model = create_model(path, **parse_overrides(overrides))
-    return Recognizer(
-        model,
-        device=device,
-        mode=mode,
-        refine_iters=refine_iters,
-        visual_only=visual_only,
-        charset_test=charset_test,
-        batch_size=batch_size,
-        precision=precision,
-        compile=compile,
-        name=release.name if release is not None else str(path),
-    )
+    name = release.name if release is not None else str(path)
+    return Recognizer(model, device, options, compile=compile, name=name, **changes)

@@ -16,8 +16,7 @@ Recording is opt-in (:meth:`CLIP4STR.record_attention`): the plain read path com
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,71 +26,25 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from clip4str.data.transforms import ImageSource, load_image, preprocess
+from clip4str.decoding import DecodeOptions
 
 if TYPE_CHECKING:
     from clip4str.api import Recognizer
 
-__all__ = ["DecodeOptions", "Explanation", "attention_figure", "decode", "explain", "explain_pixels"]
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """Decoding options of one call (those of ``clip4str read``); None fields take the reader's."""
-
-    mode: str | None = None
-    refine_iters: int | None = None
-    visual_only: bool | None = None
-    charset_test: str | None = None
-
-    def resolve(self, reader: Recognizer) -> DecodeOptions:
-        """Every field filled from ``reader`` where None, and checked (ValueError naming the option)."""
-        mode = reader.mode if self.mode is None else self.mode
-        refine = reader.refine_iters if self.refine_iters is None else self.refine_iters
-        visual = reader.visual_only if self.visual_only is None else self.visual_only
-        if mode not in ("ar", "nar"):
-            raise ValueError(f"decode must be 'ar' or 'nar', got {mode!r}")
-        if refine < 0:
-            raise ValueError(f"refine_iters must be >= 0, got {refine}")
-        if self.charset_test is not None and not self.charset_test:
-            raise ValueError("charset_test must not be empty")
-        return DecodeOptions(mode, refine, bool(visual), self.charset_test)
-
-
-@contextlib.contextmanager
-def _charset(reader: Recognizer, charset_test: str | None) -> Iterator[None]:
-    if charset_test is None:
-        yield
-        return
-    previous = reader.model.config.charset_test
-    reader.model.set_charset_test(charset_test)
-    try:
-        yield
-    finally:
-        reader.model.set_charset_test(previous)
+__all__ = ["Explanation", "attention_figure", "decode", "explain", "explain_pixels"]
 
 
 def decode(
-    reader: Recognizer, pixels: Tensor, options: DecodeOptions, attention: bool = False
+    reader: Recognizer, pixels: Tensor, options: DecodeOptions | None = None, attention: bool = False
 ) -> tuple[Tensor, Tensor | None]:
-    """Decode (N, 3, H, W) preprocessed images with ``options`` (resolved) → final logits (N, k, C) float32
-    and, when ``attention``, the final decoder's cross-attention averaged over heads (N, k, S) float32.
-
-    Logits are those of :meth:`Recognizer.logits` with the same options. Not thread-safe (a per-call
-    ``charset_test`` is set on the model for the call).
-    """
-    model = reader.model
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(reader.precision)
-    autocast = torch.autocast(reader.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-    record = model.record_attention(options.visual_only) if attention else contextlib.nullcontext([])
-    with torch.inference_mode(), _charset(reader, options.charset_test), autocast, record as records:
-        logits = model.decode(
-            pixels.to(reader.device),
-            mode=options.mode,
-            refine_iters=options.refine_iters,
-            visual_only=options.visual_only,
-        ).float()
+    """Decode (N, 3, H, W) preprocessed images → the final logits (N, k, C) float32 of
+    :meth:`Recognizer.logits` with ``options`` (default: the reader's) and, when ``attention``, the final
+    decoder's cross-attention averaged over heads (N, k, S) float32. Not thread-safe while recording."""
+    options = options or reader.options
     if not attention:
-        return logits, None
+        return reader.logits(pixels, options), None
+    with reader.model.record_attention(options.visual_only) as records:
+        logits = reader.logits(pixels, options)
     # The final pass: the last refinement or NAR pass (N, h, Q, S), else the AR steps (N, h, 1, S) each.
     final_pass = options.refine_iters > 0 or options.mode == "nar"
     weights = records[-1] if final_pass else torch.cat(records, dim=2)
@@ -131,8 +84,8 @@ class Explanation:
 def explain_pixels(
     reader: Recognizer, pixels: Tensor, options: DecodeOptions | None = None
 ) -> list[Explanation]:
-    """Explanations (no image, no figure) of (N, 3, H, W) preprocessed images."""
-    options = (options or DecodeOptions()).resolve(reader)
+    """Explanations (no image, no figure) of (N, 3, H, W) preprocessed images, decoded with ``options``
+    (default: the reader's)."""
     logits, weights = decode(reader, pixels, options, attention=True)
     assert weights is not None
     rows, cols = reader.config.clip.vision.grid_hw
@@ -172,7 +125,7 @@ def explain(
     from clip4str.api import _as_list
 
     items = [load_image(im) for im in _as_list(images)]
-    size = batch_size or reader.batch_size
+    size = (options or reader.options).replace(batch_size=batch_size).batch_size
     out: list[Explanation] = []
     for start in range(0, len(items), size):
         chunk = items[start : start + size]

@@ -82,7 +82,7 @@ def run_scenes(args: argparse.Namespace) -> int:
     print(
         f"{prog}: {report.photos} photos, s/photo: "
         + ", ".join(f"{k} {v:.3f}" for k, v in per.items())
-        + f" ({recognizer.device}, {recognizer.precision})",
+        + f" ({recognizer.device}, {recognizer.options.precision})",
         file=sys.stderr,
     )
     return 0

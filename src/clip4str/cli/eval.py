@@ -124,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
         )
     print(
         f"{prog}: {report.num_samples} images in {report.seconds:.1f} s: "
-        f"{report.images_per_second:.1f} images/s ({recognizer.device}, batch {recognizer.batch_size}, "
-        f"{recognizer.precision})",
+        f"{report.images_per_second:.1f} images/s ({recognizer.device}, batch {recognizer.options.batch_size}, "
+        f"{recognizer.options.precision})",
         file=sys.stderr,
     )
     return 0

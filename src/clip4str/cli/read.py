@@ -48,22 +48,32 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, batch_size: bool = T
     )
 
 
+def decoding_changes(args: argparse.Namespace) -> dict:
+    """The decoding options the arguments of :func:`add_decoding_arguments` (and ``--charset-test``) set:
+    :class:`~clip4str.decoding.DecodeOptions` fields, None where the model's own value stays."""
+    from clip4str.charset import resolve_charset
+
+    charset_test = getattr(args, "charset_test", None)
+    return {
+        "mode": args.decode,
+        "refine_iters": args.refine_iters,
+        "visual_only": args.visual_only or None,
+        "charset_test": resolve_charset(charset_test) if charset_test else None,
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+    }
+
+
 def load_recognizer(args: argparse.Namespace):
     """Build the recognizer the decoding arguments describe."""
     import clip4str
-    from clip4str.charset import resolve_charset
 
     reader = clip4str.load(
         args.model,
-        device=args.device,
-        mode=args.decode,
-        refine_iters=args.refine_iters,
-        visual_only=args.visual_only or None,
-        batch_size=args.batch_size,
-        precision=args.precision,
+        args.device,
         compile=args.compile,
         overrides=args.overrides or None,
-        charset_test=resolve_charset(args.charset_test) if getattr(args, "charset_test", None) else None,
+        **decoding_changes(args),
     )
     print(f"clip4str: model {reader.name}", file=sys.stderr)  # never a silent choice of model
     return reader

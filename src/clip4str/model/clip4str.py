@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from clip4str.charset import CharsetAdapter, CharTokenizer
 from clip4str.clip.model import CLIP
 from clip4str.config import ModelConfig
+from clip4str.decoding import DecodeOptions
 from clip4str.model.decoder import Decoder
 from clip4str.model.permutations import attention_masks, generate_permutations
 
@@ -114,6 +115,7 @@ class CLIP4STR(nn.Module):
         self.speed = SpeedOptions()
         self._compiled: dict = {}  # torch.compile'd callables (enable_compile); not submodules
         self._caption_tokenizer = None
+        self._adapters: dict[str, CharsetAdapter] = {}  # per-call test charsets (DecodeOptions.charset_test)
         self.set_charset_test(config.charset_test)
         self.freeze_()
 
@@ -127,7 +129,8 @@ class CLIP4STR(nn.Module):
         return self.visual_decoder.pos_queries.dtype
 
     def set_charset_test(self, charset_test: str | None) -> None:
-        """Set the characters predictions are restricted to before they become captions (changes logits)."""
+        """Set the model's own test charset (``config.charset_test``, saved with it): the characters
+        predictions are restricted to before they become captions, unless a decoding names its own."""
         if charset_test is not None and not charset_test:
             raise ValueError("charset_test must not be empty (None uses charset_train)")
         self.config.charset_test = charset_test
@@ -170,13 +173,24 @@ class CLIP4STR(nn.Module):
         if cfg.freeze_token_embeddings:
             clip.token_embedding.weight.requires_grad_(False)
 
-    @property
-    def caption_tokenizer(self):
+    def load_text_vocabulary(self):
+        """CLIP's caption tokenizer, its BPE vocabulary read on the first call (FileNotFoundError naming
+        where it looked): call it at load time so that a missing file is reported before any reading."""
         if self._caption_tokenizer is None:
             from clip4str.clip.tokenizer import ClipTokenizer
 
             self._caption_tokenizer = ClipTokenizer()
         return self._caption_tokenizer
+
+    caption_tokenizer = property(load_text_vocabulary)
+
+    def charset_adapter_for(self, charset_test: str | None) -> CharsetAdapter:
+        """The test-charset adapter of a decoding: the model's own for None, else one per charset (kept)."""
+        if charset_test is None:
+            return self.charset_adapter
+        if charset_test not in self._adapters:
+            self._adapters[charset_test] = CharsetAdapter(charset_test)
+        return self._adapters[charset_test]
 
     def enable_compile(self, mode: str | None = None, backend: str = "inductor") -> None:
         """``torch.compile`` the image encoder and the autoregressive decoding step for inference.
@@ -231,10 +245,11 @@ class CLIP4STR(nn.Module):
             return self.image_adapter(self.clip_model.visual, images.to(self.dtype))
         return self.clip_model.encode_image_tokens(images.to(self.dtype))
 
-    def captions_from_logits(self, logits: Tensor) -> list[str]:
-        """Greedy captions of (N, k, C) logits, cut at '[E]' and passed through the test charset adapter."""
-        ids = logits.argmax(-1)
-        return [self.charset_adapter(c) for c in self.tokenizer.decode_caption(ids)]
+    def captions_from_logits(self, logits: Tensor, adapter: CharsetAdapter | None = None) -> list[str]:
+        """Greedy captions of (N, k, C) logits, cut at '[E]' and passed through the test-charset adapter
+        (default: the model's own)."""
+        adapter = self.charset_adapter if adapter is None else adapter
+        return [adapter(c) for c in self.tokenizer.decode_caption(logits.argmax(-1))]
 
     def caption_ids(self, captions: list[str]) -> Tensor:
         """Captions → (N, caption_length) CLIP token ids on the model's device."""
@@ -304,6 +319,19 @@ class CLIP4STR(nn.Module):
         tgt = torch.full((n, 1), self.tokenizer.bos_id, dtype=torch.long, device=self.device)
         return decoder(tgt, memory, query=decoder.pos_queries[:, :num_steps])
 
+    def _first_pass(
+        self,
+        decoder: Decoder,
+        memory: Tensor | list[tuple[Tensor, Tensor]],
+        mode: str,
+        num_steps: int,
+        stop_early: bool,
+    ) -> Tensor:
+        """A decoder's first reading of its memory: autoregressive ('ar') or in one pass ('nar')."""
+        if mode == "ar":
+            return self._autoregressive(decoder, memory, num_steps, stop_early)
+        return self._non_autoregressive(decoder, memory, num_steps)
+
     def _refine(
         self, decoder: Decoder, memory: Tensor | list[tuple[Tensor, Tensor]], logits: Tensor, num_steps: int
     ) -> Tensor:
@@ -357,9 +385,12 @@ class CLIP4STR(nn.Module):
     def decode(
         self,
         images: Tensor,
+        options: DecodeOptions | None = None,
+        *,
         mode: str | None = None,
         refine_iters: int | None = None,
         visual_only: bool | None = None,
+        charset_test: str | None = None,
         max_length: int | None = None,
         trace: DecodeTrace | None = None,
     ) -> Tensor:
@@ -367,39 +398,28 @@ class CLIP4STR(nn.Module):
 
         Args:
             images: (N, 3, H, W) normalised images.
-            mode: 'ar' or 'nar' (default from ``config.decoding``).
-            refine_iters: cloze refinement iterations (default from config).
-            visual_only: return the visual branch's logits and skip the cross-modal branch.
+            options: how to decode (default: :meth:`DecodeOptions.of_model` of this model's config);
+                ``precision`` and ``batch_size`` are the caller's business.
+            mode, refine_iters, visual_only, charset_test: changes to ``options`` (None keeps them).
             max_length: decode exactly ``min(max_length, max_label_length) + 1`` positions without early
                 stopping (the validation path); None stops once every row has emitted EOS.
             trace: filled with intermediate logits and captions when given.
         """
-        cfg = self.config.decoding
-        mode = cfg.mode if mode is None else mode
-        refine_iters = cfg.refine_iters if refine_iters is None else refine_iters
-        visual_only = cfg.visual_only if visual_only is None else visual_only
-        if mode not in ("ar", "nar"):
-            raise ValueError(f"mode must be 'ar' or 'nar', got {mode!r}")
-        if refine_iters < 0:
-            raise ValueError(f"refine_iters must be >= 0, got {refine_iters}")
-        stop_early = max_length is None
-        length = (
-            self.config.max_label_length
-            if max_length is None
-            else min(max_length, self.config.max_label_length)
+        options = (options or DecodeOptions.of_model(self.config)).replace(
+            mode=mode, refine_iters=refine_iters, visual_only=visual_only, charset_test=charset_test
         )
-        num_steps = length + 1
+        adapter = self.charset_adapter_for(options.charset_test)
+        stop_early = max_length is None
+        max_label_length = self.config.max_label_length
+        num_steps = (max_label_length if max_length is None else min(max_length, max_label_length)) + 1
 
         memory = self.encode(images)
         vis_mem = self._memory_kv(self.visual_decoder, memory)
-        if mode == "ar":
-            vis_logits = self._autoregressive(self.visual_decoder, vis_mem, num_steps, stop_early)
-        else:
-            vis_logits = self._non_autoregressive(self.visual_decoder, vis_mem, num_steps)
+        vis_logits = self._first_pass(self.visual_decoder, vis_mem, options.mode, num_steps, stop_early)
         if trace is not None:
             trace.visual_initial = vis_logits
-        if visual_only:
-            for _ in range(refine_iters):
+        if options.visual_only:
+            for _ in range(options.refine_iters):
                 vis_logits = self._refine(self.visual_decoder, vis_mem, vis_logits, num_steps)
                 if trace is not None:
                     trace.refine_visual.append(vis_logits)
@@ -407,18 +427,15 @@ class CLIP4STR(nn.Module):
 
         text_cache: dict[str, Tensor] | None = {} if self.speed.reuse_text else None
         image_kv = self.cross_decoder.memory_kv(memory.detach()) if self.speed.reuse_memory_kv else None
-        captions = self.captions_from_logits(vis_logits)
+        captions = self.captions_from_logits(vis_logits, adapter)
         cross_mem = self._cross_kv(memory, image_kv, captions, text_cache)
-        if mode == "ar":
-            cross_logits = self._autoregressive(self.cross_decoder, cross_mem, num_steps, stop_early)
-        else:
-            cross_logits = self._non_autoregressive(self.cross_decoder, cross_mem, num_steps)
+        cross_logits = self._first_pass(self.cross_decoder, cross_mem, options.mode, num_steps, stop_early)
         if trace is not None:
             trace.cross_initial = cross_logits
             trace.captions.append(captions)
-        for _ in range(refine_iters):
+        for _ in range(options.refine_iters):
             vis_logits = self._refine(self.visual_decoder, vis_mem, vis_logits, num_steps)
-            captions = self.captions_from_logits(vis_logits)
+            captions = self.captions_from_logits(vis_logits, adapter)
             cross_mem = self._cross_kv(memory, image_kv, captions, text_cache)
             cross_logits = self._refine(self.cross_decoder, cross_mem, cross_logits, num_steps)
             if trace is not None:

@@ -31,7 +31,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clip4str.api import Recognizer
 from clip4str.data.transforms import preprocess_one
-from clip4str.explain import DecodeOptions, Explanation, attention_figure, decode, explain_pixels
+from clip4str.decoding import DecodeOptions
+from clip4str.explain import Explanation, attention_figure, explain_pixels
 from clip4str.serve.batching import Closed, DynamicBatcher, QueueFull
 from clip4str.serve.inputs import ApiError, Limits, charset_option, open_image
 
@@ -337,7 +338,9 @@ def create_app(reader: Recognizer, name: str, settings: ServeSettings | None = N
             )
         charset_test = None if charset is None else charset_option(charset, limits.max_charset)
         try:
-            return DecodeOptions(mode, refine_iters, visual_only, charset_test).resolve(reader)
+            return reader.options.replace(
+                mode=mode, refine_iters=refine_iters, visual_only=visual_only, charset_test=charset_test
+            )
         except ValueError as err:
             raise ApiError(422, "bad_option", str(err)) from err
 
@@ -441,15 +444,15 @@ def create_app(reader: Recognizer, name: str, settings: ServeSettings | None = N
                 ModelInfo(
                     name=name,
                     device=str(reader.device),
-                    precision=reader.precision,
+                    precision=reader.options.precision,
                     charset=cfg.charset_train,
-                    charset_test=cfg.resolved_charset_test,
+                    charset_test=reader.test_charset,
                     max_label_length=cfg.max_label_length,
                     image_hw=list(cfg.preprocess.image_size),
                     grid_hw=list(cfg.clip.vision.grid_hw),
-                    decode=reader.mode,
-                    refine_iters=reader.refine_iters,
-                    visual_only=reader.visual_only,
+                    decode=reader.options.mode,
+                    refine_iters=reader.options.refine_iters,
+                    visual_only=reader.options.visual_only,
                 )
             ]
         )
@@ -486,8 +489,7 @@ def _run_batch(reader: Recognizer, key: Hashable, payloads: list[torch.Tensor]) 
     pixels = torch.stack(payloads)
     if explain:
         return explain_pixels(reader, pixels, options)
-    logits, _ = decode(reader, pixels, options)
-    return reader.predictions_from_logits(logits)
+    return reader.predictions_from_logits(reader.logits(pixels, options))
 
 
 def _version() -> str:
