@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from PIL import Image
@@ -65,16 +67,22 @@ def test_val_subset_shards_without_duplicates() -> None:
     assert len(few) == 5 and few[0] == 0 and few[-1] == 10
 
 
-def test_validation_totals_add_across_ranks_like_one_pass() -> None:
-    from clip4str.train.metrics import EvalTotals
+def test_validation_sums_add_across_ranks_like_one_pass() -> None:
+    from clip4str.evaluate import DatasetResult, score
+    from clip4str.train.metrics import pack, unpack
 
-    preds, gts = ["abc", "ab", "", "xyz"], ["abc", "abd", "", "xy"]
-    whole = EvalTotals()
-    whole.add(preds, gts, loss=0.5, numel=10)
-    a, b = EvalTotals(), EvalTotals()
-    a.add(preds[:1], gts[:1], loss=0.2, numel=4)
-    b.add(preds[1:], gts[1:], loss=0.7, numel=6)
-    merged = EvalTotals.from_list([x + y for x, y in zip(a.as_list(), b.as_list())])
-    assert merged.accuracy == whole.accuracy == 50.0
-    assert merged.one_minus_ned == whole.one_minus_ned == 100 * (1 - (1 / 3 + 1 / 3) / 4)
-    assert merged.loss == (0.2 * 4 + 0.7 * 6) / 10
+    preds, gts, conf = ["abc", "ab", "", "xyz"], ["abc", "abd", "", "xy"], [0.9, 0.5, 0.25, 0.75]
+    whole = score(preds, gts, conf)
+    merged, loss = unpack(
+        [
+            x + y
+            for x, y in zip(
+                pack(score(preds[:1], gts[:1], conf[:1]), 0.8, 4),
+                pack(score(preds[1:], gts[1:], conf[1:]), 4.2, 6),
+            )
+        ]
+    )
+    assert merged.metrics() | {"dataset": ""} == whole.metrics() | {"dataset": ""}
+    assert merged.accuracy == 50.0 and loss == (0.8 + 4.2) / 10
+    empty, no_loss = unpack(pack(DatasetResult("val"), 0.0, 0))
+    assert math.isnan(empty.accuracy) and math.isnan(empty.one_minus_ned) and math.isnan(no_loss)

@@ -52,6 +52,7 @@ def test_killed_and_resumed_run_ends_with_identical_weights(
         Trainer(cut, progress=False, on_step_end=[kill_at_step_5]).fit()
     saved = state_mod.load_state(tmp_path / "cut" / "run" / "checkpoints" / "last.ckpt")
     assert (saved["step"], saved["epoch"], saved["batch"]) == (4, 1, 2)  # mid-epoch, mid-accumulation cycle
+    assert saved["wall_s"] > 0
     with pytest.raises(ConfigError, match="already holds a run"):
         Trainer(cut, progress=False)
     resumed = Trainer(load_run_config(cut.output_dir), resume=True, progress=False).fit()
@@ -64,6 +65,7 @@ def test_killed_and_resumed_run_ends_with_identical_weights(
         assert torch.equal(a[k], b[k]), k
     sa = state_mod.load_state(tmp_path / "full" / "run" / "checkpoints" / "last.ckpt")
     sb = state_mod.load_state(tmp_path / "cut" / "run" / "checkpoints" / "last.ckpt")
+    assert sb["wall_s"] >= saved["wall_s"]  # the run's wall time goes on from the first session's
     assert sa["scheduler"]["last_epoch"] == sb["scheduler"]["last_epoch"] == 7
     exp_avg = [s["exp_avg"] for s in sa["optimizer"]["state"].values()]
     assert all(torch.equal(x, s["exp_avg"]) for x, s in zip(exp_avg, sb["optimizer"]["state"].values()))
@@ -105,3 +107,16 @@ def test_foreign_file_is_not_a_resume_checkpoint(tmp_path) -> None:
     torch.save({"state_dict": {}}, path)
     with pytest.raises(Exception, match="not a clip4str training checkpoint"):
         state_mod.load_state(path)
+
+
+def test_loop_state_resumes_at_the_next_micro_batch_with_the_wall_time_so_far() -> None:
+    state = state_mod.LoopState.from_checkpoint(
+        {"step": 3, "epoch": 1, "batch": 6, "best": state_mod.no_best(), "wall_s": 100.0}
+    )
+    assert state.position(batches_per_epoch=6) == (2, 0)  # an epoch read to its end: the next one
+    assert state.position(batches_per_epoch=8) == (1, 6)
+    assert 100.0 <= state.wall_s() < 110.0  # summed over sessions
+    saved = state.checkpoint_fields(batches_per_epoch=6)
+    assert (saved["step"], saved["epoch"], saved["batch"]) == (3, 2, 0)
+    again = state_mod.LoopState.from_checkpoint(saved)
+    assert again.position(6) == (2, 0) and again.wall_before_s >= 100.0

@@ -1,59 +1,40 @@
-"""Validation metrics as the official ``BaseSystem._eval_step``: word accuracy and 1 - NED.
+"""Validation sums that add across ranks: :class:`~clip4str.evaluate.DatasetResult` (word accuracy, 1 - NED,
+as the official ``BaseSystem._eval_step`` and ``clip4str eval``) and the per-token loss.
 
-NED follows the ICDAR 2019 definition used there: ``edit_distance(pred, gt) / max(len(pred), len(gt))``,
-averaged over samples; 1 - NED is reported. Predictions pass through the test-charset adapter before the
-comparison (done by the caller). The distance functions are :mod:`clip4str.evaluate`'s; this module only
-adds sums that can be added across ranks.
+Each rank scores its share of the validation set; the sums are packed into one list of floats, all-reduced,
+and unpacked: the rates are then those of one pass over the whole set (NaN for an empty one).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from clip4str.evaluate import edit_distance, normalized_edit_distance
+from clip4str.evaluate import DatasetResult
 
-__all__ = ["EvalTotals", "edit_distance", "normalized_edit_distance"]
+__all__ = ["pack", "unpack"]
+
+# DatasetResult's sums, in packing order; the integer ones are rounded back.
+_SUMS = (
+    "num_samples",
+    "correct",
+    "ned_sum",
+    "confidence_sum",
+    "label_length_sum",
+    "pred_length_sum",
+    "failed",
+)
+_FLOAT_SUMS = ("ned_sum", "confidence_sum")
 
 
-@dataclass
-class EvalTotals:
-    """Sums over validation batches; add them across ranks, then read the rates."""
+def pack(result: DatasetResult, loss_sum: float, loss_numel: int) -> list[float]:
+    """``result``'s sums, then the loss summed over tokens (loss × token count) and the token count."""
+    return [float(getattr(result, name)) for name in _SUMS] + [float(loss_sum), float(loss_numel)]
 
-    samples: int = 0
-    correct: int = 0
-    ned_sum: float = 0.0
-    loss_sum: float = 0.0  # loss x token count, so the mean is per token as in the official aggregate
-    loss_numel: int = 0
 
-    def add(self, preds: Sequence[str], gts: Sequence[str], loss: float = 0.0, numel: int = 0) -> None:
-        if len(preds) != len(gts):
-            raise ValueError(f"{len(preds)} predictions for {len(gts)} labels")
-        for p, g in zip(preds, gts):
-            self.correct += int(p == g)
-            self.ned_sum += normalized_edit_distance(p, g)
-        self.samples += len(gts)
-        self.loss_sum += float(loss) * numel
-        self.loss_numel += numel
-
-    @property
-    def accuracy(self) -> float:
-        """Word accuracy in percent."""
-        return 100.0 * self.correct / self.samples if self.samples else 0.0
-
-    @property
-    def one_minus_ned(self) -> float:
-        """1 - mean NED, in percent (the official ``val_NED``)."""
-        return 100.0 * (1.0 - self.ned_sum / self.samples) if self.samples else 0.0
-
-    @property
-    def loss(self) -> float:
-        return self.loss_sum / self.loss_numel if self.loss_numel else float("nan")
-
-    def as_list(self) -> list[float]:
-        return [self.samples, self.correct, self.ned_sum, self.loss_sum, self.loss_numel]
-
-    @classmethod
-    def from_list(cls, values: Sequence[float]) -> EvalTotals:
-        s, c, n, ls, ln = values
-        return cls(int(round(s)), int(round(c)), float(n), float(ls), int(round(ln)))
+def unpack(values: Sequence[float], name: str = "val") -> tuple[DatasetResult, float]:
+    """Inverse of :func:`pack` (after the lists of every rank were added) → (result, mean per-token loss)."""
+    *sums, loss_sum, loss_numel = values
+    result = DatasetResult(name)
+    for field_name, value in zip(_SUMS, sums, strict=True):
+        setattr(result, field_name, float(value) if field_name in _FLOAT_SUMS else int(round(value)))
+    return result, loss_sum / loss_numel if loss_numel else float("nan")

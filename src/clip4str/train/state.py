@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +138,52 @@ def seed_process(seed: int, rank: int) -> np.random.Generator:
     np.random.seed(s % (1 << 32))
     random.seed(s)
     return np.random.default_rng([seed, rank])
+
+
+# ------------------------------------------------------------------------------------------ loop state
+def no_best() -> dict[str, Any]:
+    """The best validation before any: accuracy, step, 1-NED and loss unknown."""
+    return {"accuracy": None, "step": None, "ned": None, "loss": None}
+
+
+@dataclass
+class LoopState:
+    """Where a run stands, saved in every resume checkpoint and read back from it.
+
+    ``epoch``/``batch``: the epoch of the micro-batches read last and how many of its micro-batches this
+    rank has read (``batch`` reaches ``batches_per_epoch`` at an epoch's end; :meth:`position` turns that
+    into the start of the next epoch). ``wall_before_s``: the training wall time of earlier sessions.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    best: dict[str, Any] = field(default_factory=no_best)
+    wall_before_s: float = 0.0
+    session_start: float = field(default_factory=time.perf_counter, repr=False)
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any]) -> LoopState:
+        """The state a resume checkpoint (:func:`load_state`) holds; ``wall_s`` is absent in early ones."""
+        return cls(
+            step=saved["step"],
+            epoch=saved["epoch"],
+            batch=saved["batch"],
+            best=saved["best"],
+            wall_before_s=float(saved.get("wall_s", 0.0)),
+        )
+
+    def wall_s(self) -> float:
+        """Wall time of the whole run so far, summed over every session that resumed it (s)."""
+        return round(self.wall_before_s + time.perf_counter() - self.session_start, 1)
+
+    def position(self, batches_per_epoch: int) -> tuple[int, int]:
+        """(epoch, batch) of the next micro-batch to read: where a resumed run starts."""
+        if self.batch >= batches_per_epoch:
+            return self.epoch + 1, 0
+        return self.epoch, self.batch
+
+    def checkpoint_fields(self, batches_per_epoch: int) -> dict[str, Any]:
+        """The resume checkpoint's ``step``, ``epoch``, ``batch``, ``best`` and ``wall_s``."""
+        epoch, batch = self.position(batches_per_epoch)
+        return {"step": self.step, "epoch": epoch, "batch": batch, "best": self.best, "wall_s": self.wall_s()}

@@ -38,10 +38,19 @@ from torch import nn
 
 from clip4str.config import ConfigError, ModelConfig
 from clip4str.errors import Clip4strError
+from clip4str.evaluate import DatasetResult
 from clip4str.model.clip4str import CLIP4STR
 from clip4str.train.config import TrainConfig, config_diff
-from clip4str.train.metrics import EvalTotals
-from clip4str.train.state import RESUME_NAME, capture_rng, load_state, restore_rng, save_state, seed_process
+from clip4str.train.metrics import pack, unpack
+from clip4str.train.state import (
+    RESUME_NAME,
+    LoopState,
+    capture_rng,
+    load_state,
+    restore_rng,
+    save_state,
+    seed_process,
+)
 
 log = logging.getLogger("clip4str.train")
 
@@ -243,295 +252,346 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------------------------- the loop
-def _run(fabric: Any, trainer: Trainer) -> TrainResult:  # noqa: C901 - the loop is one readable story
-    from clip4str.checkpoints import save_model
-    from clip4str.train.data import (
-        EpochSampler,
-        build_train_dataset,
-        build_val_dataset,
-        make_loader,
-        val_subset,
-    )
-    from clip4str.train.init_model import build_model, parameter_summary
-    from clip4str.train.logs import CSV_NAME, MetricsCsv, Progress, TensorBoard
-    from clip4str.train.optim import build_optimizer, build_scheduler
+def _run(fabric: Any, trainer: Trainer) -> TrainResult:
+    """One process's run (Fabric launches one per device): the loop over optimizer steps."""
+    run = _Session(fabric, trainer)
+    cfg, state = run.cfg, run.state
+    validated_at = -1
+    run.model.train()
+    while state.step < run.total_steps:
+        state.epoch, state.batch = state.position(run.batches)
+        run.sampler.set_epoch(state.epoch, state.batch)
+        for images, labels in run.loader:
+            if not run.micro_batch(images, list(labels)):
+                continue  # the optimizer steps once every `accumulate` micro-batches
+            step_loss = run.optimizer_step()
+            if cfg.val_every_n_steps and state.step % cfg.val_every_n_steps == 0:
+                run.validate()
+                validated_at = state.step
+            saved = state.step % run.checkpoint_every == 0 and state.step < run.total_steps
+            if saved:
+                run.save_checkpoint()
+            if run.stop_requested():
+                if not saved:
+                    run.save_checkpoint()
+                raise run.stopped()
+            info = StepInfo(step=state.step, epoch=state.epoch, loss=step_loss, total_steps=run.total_steps)
+            for hook in trainer.on_step_end:
+                hook(info)
+            if state.step >= run.total_steps:
+                break
+    if validated_at != state.step:
+        run.validate()
+    run.save_checkpoint()
+    return run.finish()
 
-    cfg = trainer.cfg
-    rank, world = fabric.global_rank, fabric.world_size
-    is_main = fabric.is_global_zero
-    run_dir = run_dir_of(cfg)
-    ckpt_path = resume_checkpoint_path(run_dir)
 
-    def say(text: str) -> None:
-        if is_main:
+@dataclass
+class _LogWindow:
+    """Since the last logged step: the step losses (rank 0's mean goes to the logs) and the images read
+    by every rank (for images/s)."""
+
+    start: float = field(default_factory=time.perf_counter)
+    images: int = 0
+    loss_sum: float = 0.0
+    steps: int = 0
+
+
+class _Session:
+    """Everything one process of a run works with: model, data, optimizer, logs, and the :class:`LoopState`
+    (fresh, or read back from the resume checkpoint). Rank 0 alone writes logs and models."""
+
+    def __init__(self, fabric: Any, trainer: Trainer) -> None:
+        from clip4str.train.logs import CSV_NAME, MetricsCsv, Progress, TensorBoard
+        from clip4str.train.optim import build_optimizer, build_scheduler
+
+        cfg = self.cfg = trainer.cfg
+        self.fabric = fabric
+        self.trainer = trainer
+        self.rank, self.world = fabric.global_rank, fabric.world_size
+        self.is_main = fabric.is_global_zero
+        self.run_dir = run_dir_of(cfg)
+        self.ckpt_path = resume_checkpoint_path(self.run_dir)
+        saved = load_state(self.ckpt_path) if trainer.resume else None
+        self.state = LoopState() if saved is None else LoopState.from_checkpoint(saved)
+        self.model = self._build_model(saved)
+        self._build_data()
+        acc = cfg.accumulate_steps
+        steps_per_epoch = math.ceil(self.batches / acc)
+        total = cfg.epochs * steps_per_epoch if cfg.epochs else cfg.max_steps
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+        self.checkpoint_every = cfg.checkpoint_every_n_steps or cfg.val_every_n_steps or steps_per_epoch
+        self.say(
+            f"{self.world} device(s) x batch {cfg.batch_size} x accumulate {acc} = {cfg.global_batch_size} "
+            f"images/step; {steps_per_epoch} steps/epoch, {self.total_steps} steps; peak lr {cfg.scaled_lr:.3g} "
+            f"(decoders {cfg.scaled_lr * cfg.optim.decoder_lr_factor:.3g}); precision {cfg.precision}"
+        )
+
+        # --- optimisation
+        optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(optimizer, cfg, self.total_steps)
+        self.wrapper, self.optimizer = fabric.setup(_LossModule(self.model), optimizer)
+        self.precision = fabric.strategy.precision
+        if saved is not None:
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
+            if saved.get("precision"):
+                self.precision.load_state_dict(saved["precision"])
+            if saved.get("world_size") != self.world:
+                self.say(
+                    f"warning: the run was saved with {saved.get('world_size')} processes, resuming with "
+                    f"{self.world}: the data order changes from here"
+                )
+
+        # --- logs (a resumed run drops what the interrupted one wrote after its resume point)
+        self.csv = self.tensorboard = None
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.to_json(self.run_dir / "train_config.json")
+            resumed_at = self.state.step if saved is not None else None
+            self.csv = MetricsCsv(self.run_dir / CSV_NAME, resume_step=resumed_at)
+            purge = None if resumed_at is None else resumed_at + 1
+            self.tensorboard = TensorBoard(self.run_dir / "tensorboard", purge_step=purge)
+        self.bar = Progress(self.total_steps, self.state.step, enabled=self.is_main, bar=trainer.progress)
+        self.window = _LogWindow()
+        self.step_losses: list[torch.Tensor] = []
+        self.last_val: dict[str, float] = {}
+
+        # --- RNG: fresh per-rank streams, or exactly where the interrupted run was
+        self.model.perm_rng = seed_process(cfg.seed, self.rank)
+        if saved is not None and saved.get("world_size") == self.world:
+            restore_rng(saved["rng"][self.rank], self.model.perm_rng)
+
+    def say(self, text: str) -> None:
+        if self.is_main:
             log.info(text)
-            fabric.print(text)
+            self.fabric.print(text)
 
-    state = load_state(ckpt_path) if trainer.resume else None
+    def _build_model(self, saved: dict[str, Any] | None) -> CLIP4STR:
+        """The model, identical on every rank (same seed; DDP also broadcasts rank 0's weights)."""
+        from clip4str.train.init_model import build_model, parameter_summary
 
-    # --- model (identical on every rank: same seed; DDP also broadcasts rank 0's weights)
-    torch.manual_seed(cfg.seed)
-    if state is not None:
-        model = CLIP4STR(ModelConfig.from_dict(state["model_config"]))
-        model.load_state_dict(state["model"])
-        model.train()
-        say(f"resuming {run_dir} at step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
-    else:
-        model, report = build_model(cfg)
-        say(report.describe())
-    if cfg.grad_checkpointing:
-        model.clip_model.set_grad_checkpointing(True)
-    model_cfg = model.config
-    say("parameters:\n" + parameter_summary(model))
+        torch.manual_seed(self.cfg.seed)
+        if saved is not None:
+            model = CLIP4STR(ModelConfig.from_dict(saved["model_config"]))
+            model.load_state_dict(saved["model"])
+            model.train()
+            s = self.state
+            self.say(f"resuming {self.run_dir} at step {s.step} (epoch {s.epoch}, batch {s.batch})")
+        else:
+            model, report = build_model(self.cfg)
+            self.say(report.describe())
+        if self.cfg.grad_checkpointing:
+            model.clip_model.set_grad_checkpointing(True)
+        self.say("parameters:\n" + parameter_summary(model))
+        return model
 
-    # --- data
-    train_ds, train_base = build_train_dataset(cfg, model_cfg)
-    say(f"training samples ({len(train_base):,}):\n{train_base.summary()}")
-    sampler = EpochSampler(len(train_ds), cfg.batch_size, world, rank, seed=cfg.seed)
-    workers = cap_workers(cfg.data.num_workers, fabric.device.type)
-    if workers != cfg.data.num_workers:
-        say(
-            f"data.num_workers {cfg.data.num_workers} -> {workers}: this machine has too few CPU cores for more"
+    def _build_data(self) -> None:
+        from clip4str.train.data import (
+            EpochSampler,
+            build_train_dataset,
+            build_val_dataset,
+            make_loader,
+            val_subset,
         )
-    loader = make_loader(
-        train_ds,
-        cfg.batch_size,
-        workers,
-        sampler=sampler,
-        seed=cfg.seed,
-        pin_memory=fabric.device.type == "cuda",
-    )
-    val_ds = build_val_dataset(cfg, model_cfg)
-    val_loader = None
-    if val_ds is not None:
-        charset_size = len(model_cfg.resolved_charset_test)
-        say(f"validation samples ({len(val_ds):,}, test charset of {charset_size}):\n{val_ds.summary()}")
-        val_loader = make_loader(
-            val_subset(val_ds, cfg.data.max_val_samples, world, rank),
-            cfg.data.val_batch_size or cfg.batch_size,
+
+        cfg, model_cfg, device = self.cfg, self.model.config, self.fabric.device
+        train_ds, train_base = build_train_dataset(cfg, model_cfg)
+        self.say(f"training samples ({len(train_base):,}):\n{train_base.summary()}")
+        self.sampler = EpochSampler(len(train_ds), cfg.batch_size, self.world, self.rank, seed=cfg.seed)
+        self.batches = self.sampler.batches_per_epoch
+        workers = cap_workers(cfg.data.num_workers, device.type)
+        if workers != cfg.data.num_workers:
+            self.say(
+                f"data.num_workers {cfg.data.num_workers} -> {workers}: this machine has too few CPU cores "
+                "for more"
+            )
+        self.loader = make_loader(
+            train_ds,
+            cfg.batch_size,
             workers,
+            sampler=self.sampler,
+            seed=cfg.seed,
+            pin_memory=device.type == "cuda",
         )
-
-    acc = cfg.accumulate_steps
-    batches = sampler.batches_per_epoch
-    steps_per_epoch = math.ceil(batches / acc)
-    total_steps = cfg.epochs * steps_per_epoch if cfg.epochs else cfg.max_steps
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
-    say(
-        f"{world} device(s) x batch {cfg.batch_size} x accumulate {acc} = {cfg.global_batch_size} images/step; "
-        f"{steps_per_epoch} steps/epoch, {total_steps} steps; peak lr {cfg.scaled_lr:.3g} "
-        f"(decoders {cfg.scaled_lr * cfg.optim.decoder_lr_factor:.3g}); precision {cfg.precision}"
-    )
-
-    # --- optimisation
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, total_steps)
-    wrapper = _LossModule(model)
-    wrapper, optimizer = fabric.setup(wrapper, optimizer)
-    precision = fabric.strategy.precision
-    step, epoch, batch_pos = 0, 0, 0
-    best: dict[str, Any] = {"accuracy": None, "step": None, "ned": None, "loss": None}
-    wall_before = 0.0  # training wall time of the earlier sessions of this run (s)
-    if state is not None:
-        wall_before = float(state.get("wall_s", 0.0))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("precision"):
-            precision.load_state_dict(state["precision"])
-        step, epoch, batch_pos = state["step"], state["epoch"], state["batch"]
-        best = state["best"]
-        if state.get("world_size") != world:
-            say(
-                f"warning: the run was saved with {state.get('world_size')} processes, resuming with {world}: "
-                "the data order changes from here"
+        val_ds = build_val_dataset(cfg, model_cfg)
+        self.val_loader = None
+        if val_ds is not None:
+            charset_size = len(model_cfg.resolved_charset_test)
+            self.say(
+                f"validation samples ({len(val_ds):,}, test charset of {charset_size}):\n{val_ds.summary()}"
+            )
+            self.val_loader = make_loader(
+                val_subset(val_ds, cfg.data.max_val_samples, self.world, self.rank),
+                cfg.data.val_batch_size or cfg.batch_size,
+                workers,
             )
 
-    # --- logs
-    csv_log = tb = None
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.to_json(run_dir / "train_config.json")
-        csv_log = MetricsCsv(run_dir / CSV_NAME, resume_step=step if state is not None else None)
-        tb = TensorBoard(run_dir / "tensorboard", purge_step=step + 1 if state is not None else None)
-    bar = Progress(total_steps, step, enabled=is_main, bar=trainer.progress)
+    # ------------------------------------------------------------------------------------- one step
+    def micro_batch(self, images: torch.Tensor, labels: list[str]) -> bool:
+        """Forward and backward of one micro-batch (gradients synced only on the last of a step) → whether
+        it closes an optimizer step."""
+        fabric, b = self.fabric, self.state.batch
+        closes_step = (b + 1) % self.cfg.accumulate_steps == 0 or b + 1 == self.batches
+        with fabric.no_backward_sync(self.wrapper, enabled=not closes_step):
+            loss = self.wrapper(fabric.to_device(images), labels)
+            fabric.backward(loss / self.cfg.accumulate_steps)
+        self.step_losses.append(loss.detach())
+        self.window.images += len(labels) * self.world
+        self.state.batch += 1
+        return closes_step
 
-    # --- RNG: fresh per-rank streams, or exactly where the interrupted run was
-    model.perm_rng = seed_process(cfg.seed, rank)
-    if state is not None and state.get("world_size") == world:
-        restore_rng(state["rng"][rank], model.perm_rng)
+    def optimizer_step(self) -> float:
+        """Clip, step the optimizer and the schedule, log → the step's mean micro-batch loss."""
+        cfg, state = self.cfg, self.state
+        grad_norm = None
+        if cfg.optim.grad_clip > 0:
+            grad_norm = self.fabric.clip_gradients(self.wrapper, self.optimizer, max_norm=cfg.optim.grad_clip)
+        lrs = [g["lr"] for g in self.optimizer.param_groups]  # the rates this step used
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        step_loss = float(torch.stack(self.step_losses).float().mean())
+        self.step_losses = []
+        self._log_step(step_loss, lrs, grad_norm)
+        return step_loss
 
-    def validate() -> EvalTotals:
+    def _log_step(self, step_loss: float, lrs: list[float], grad_norm: torch.Tensor | None) -> None:
+        window, step, every = self.window, self.state.step, self.cfg.log_every_n_steps
+        window.loss_sum += step_loss
+        window.steps += 1
+        images_per_s = window.images / max(time.perf_counter() - window.start, 1e-9)
+        self.bar.update(step_loss, lrs[0], images_per_s)
+        if self.is_main and (step % every == 0 or step == self.total_steps):
+            row = {
+                "train_loss": window.loss_sum / window.steps,
+                "lr": lrs[0],
+                "decoder_lr": lrs[2],
+                "images_per_s": images_per_s,
+                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "wall_s": self.state.wall_s(),
+            }
+            self.csv.write(step=step, epoch=self.state.epoch, **row)  # type: ignore[union-attr]
+            self.tensorboard.scalars(step, **{k: v for k, v in row.items() if k != "wall_s"})  # type: ignore[union-attr]
+            window.loss_sum, window.steps = 0.0, 0
+        if step % every == 0:
+            window.start, window.images = time.perf_counter(), 0
+
+    # ------------------------------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Validate (sums over every rank), log, and keep the model as ``best/`` when it is the best yet."""
+        if self.val_loader is None:
+            return
+        result, loss = self._validation_result()
+        state = self.state
+        accuracy, ned = result.accuracy, result.one_minus_ned
+        self.last_val = {"val_accuracy": accuracy, "val_ned": ned, "val_loss": loss}
+        improved = is_better(accuracy, ned, loss, state.best)
+        if improved:
+            state.best.update(accuracy=accuracy, step=state.step, ned=ned, loss=loss)
+        if self.is_main:
+            self.csv.write(step=state.step, epoch=state.epoch, wall_s=state.wall_s(), **self.last_val)  # type: ignore[union-attr]
+            self.tensorboard.scalars(state.step, **self.last_val)  # type: ignore[union-attr]
+            self.bar.write(
+                f"step {state.step}: val accuracy {accuracy:.2f}%  1-NED {ned:.2f}  loss {loss:.4f}  "
+                f"({result.num_samples} samples){'  [best]' if improved else ''}"
+            )
+            if improved:
+                self._save_model("best")
+        self.fabric.barrier()
+
+    def _validation_result(self) -> tuple[DatasetResult, float]:
+        """Greedy readings of the validation set (test-charset adapter applied) scored against its labels,
+        summed over ranks → (result, mean per-token loss)."""
+        model, fabric = self.model, self.fabric
         model.eval()
-        totals = EvalTotals()
+        result, loss_sum, loss_numel = DatasetResult("val"), 0.0, 0
         with torch.no_grad(), fabric.autocast():
-            for images, labels in val_loader:  # type: ignore[union-attr]
-                images = fabric.to_device(images)
-                logits, loss, numel = model.validation_logits_loss(images, list(labels))
-                preds, _ = model.tokenizer.decode(logits.float().softmax(-1))
-                totals.add([model.charset_adapter(p) for p in preds], list(labels), float(loss), numel)
+            for images, labels in self.val_loader:  # type: ignore[union-attr]
+                logits, loss, numel = model.validation_logits_loss(fabric.to_device(images), list(labels))
+                preds, probs = model.tokenizer.decode(logits.float().softmax(-1))
+                for pred, label, p in zip(preds, labels, probs):
+                    result.add(model.charset_adapter(pred), label, float(p.prod()))
+                loss_sum += float(loss) * numel
+                loss_numel += numel
         model.train()
-        summed = torch.tensor(totals.as_list(), dtype=torch.float64, device=fabric.device)
-        if world > 1:
-            summed = fabric.all_reduce(summed, reduce_op="sum")
-        return EvalTotals.from_list(summed.tolist())
+        sums = torch.tensor(pack(result, loss_sum, loss_numel), dtype=torch.float64, device=fabric.device)
+        if self.world > 1:
+            sums = fabric.all_reduce(sums, reduce_op="sum")
+        return unpack(sums.tolist(), "val")
 
-    def gather(obj: Any) -> list[Any]:
-        if world == 1:
+    # ------------------------------------------------------------------------------------- saving, stopping
+    def _gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
             return [obj]
-        out: list[Any] = [None] * world
+        out: list[Any] = [None] * self.world
         torch.distributed.all_gather_object(out, obj)
         return out
 
-    def save_checkpoint(pos_epoch: int, pos_batch: int) -> None:
-        rngs = gather(capture_rng(model.perm_rng))
-        if is_main:
-            save_state(
-                {
-                    "step": step,
-                    "epoch": pos_epoch,
-                    "batch": pos_batch,
-                    "world_size": world,
-                    "model": model.state_dict(),
-                    "model_config": model_cfg.to_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "precision": precision.state_dict(),
-                    "rng": rngs,
-                    "best": best,
-                    "wall_s": wall_s(),
-                    "config": cfg.to_dict(),
-                },
-                ckpt_path,
-            )
-            save_model(model, run_dir / "last", extra_metadata={"step": str(step)})
-        fabric.barrier()
+    def _save_model(self, name: str) -> None:
+        from clip4str.checkpoints import save_model
 
-    last_val: dict[str, float] = {}
-    session_start = time.perf_counter()
+        save_model(self.model, self.run_dir / name, extra_metadata={"step": str(self.state.step)})
 
-    def wall_s() -> float:
-        """Wall time of the whole run so far, summed over every session that resumed it."""
-        return round(wall_before + time.perf_counter() - session_start, 1)
+    def save_checkpoint(self) -> None:
+        """The resume point (every rank's RNG states) and the ``last/`` model."""
+        rngs = self._gather(capture_rng(self.model.perm_rng))
+        if self.is_main:
+            fields = {
+                "world_size": self.world,
+                "model": self.model.state_dict(),
+                "model_config": self.model.config.to_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "precision": self.precision.state_dict(),
+                "rng": rngs,
+                "config": self.cfg.to_dict(),
+            }
+            save_state({**self.state.checkpoint_fields(self.batches), **fields}, self.ckpt_path)
+            self._save_model("last")
+        self.fabric.barrier()
 
-    def run_validation() -> None:
-        nonlocal last_val
-        if val_loader is None:
-            return
-        totals = validate()
-        last_val = {"val_accuracy": totals.accuracy, "val_ned": totals.one_minus_ned, "val_loss": totals.loss}
-        improved = is_better(totals.accuracy, totals.one_minus_ned, totals.loss, best)
-        if improved:
-            best.update(accuracy=totals.accuracy, step=step, ned=totals.one_minus_ned, loss=totals.loss)
-        if is_main:
-            csv_log.write(step=step, epoch=epoch, wall_s=wall_s(), **last_val)  # type: ignore[union-attr]
-            tb.scalars(step, **last_val)  # type: ignore[union-attr]
-            bar.write(
-                f"step {step}: val accuracy {totals.accuracy:.2f}%  1-NED {totals.one_minus_ned:.2f}  "
-                f"loss {totals.loss:.4f}  ({totals.samples} samples){'  [best]' if improved else ''}"
-            )
-            if improved:
-                save_model(model, run_dir / "best", extra_metadata={"step": str(step)})
-        fabric.barrier()
-
-    ckpt_every = cfg.checkpoint_every_n_steps or cfg.val_every_n_steps or steps_per_epoch
-    stop = trainer._stop
-    t_last, images_since, loss_sum, loss_count = time.perf_counter(), 0, 0.0, 0
-    validated_at = -1
-    b = batch_pos
-    model.train()
-    while step < total_steps:
-        sampler.set_epoch(epoch, batch_pos)
-        b = batch_pos
-        step_losses: list[torch.Tensor] = []
-        for images, labels in loader:
-            images = fabric.to_device(images)
-            closes_step = (b + 1) % acc == 0 or b + 1 == batches
-            with fabric.no_backward_sync(wrapper, enabled=not closes_step):
-                loss = wrapper(images, list(labels))
-                fabric.backward(loss / acc)
-            step_losses.append(loss.detach())
-            images_since += len(labels) * world
-            b += 1
-            if not closes_step:
-                continue
-            grad_norm = None
-            if cfg.optim.grad_clip > 0:
-                grad_norm = fabric.clip_gradients(wrapper, optimizer, max_norm=cfg.optim.grad_clip)
-            lrs = [g["lr"] for g in optimizer.param_groups]  # the rates this step used
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            step_loss = float(torch.stack(step_losses).float().mean())
-            step_losses = []
-            loss_sum += step_loss
-            loss_count += 1
-            now = time.perf_counter()
-            ips = images_since / max(now - t_last, 1e-9)
-            bar.update(step_loss, lrs[0], ips)
-            if is_main and (step % cfg.log_every_n_steps == 0 or step == total_steps):
-                row = {
-                    "train_loss": loss_sum / loss_count,
-                    "lr": lrs[0],
-                    "decoder_lr": lrs[2],
-                    "images_per_s": ips,
-                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                    "wall_s": wall_s(),
-                }
-                csv_log.write(step=step, epoch=epoch, **row)  # type: ignore[union-attr]
-                tb.scalars(step, **{k: v for k, v in row.items() if k != "wall_s"})  # type: ignore[union-attr]
-                loss_sum, loss_count = 0.0, 0
-            if step % cfg.log_every_n_steps == 0:
-                t_last, images_since = time.perf_counter(), 0
-            pos = (epoch, b) if b < batches else (epoch + 1, 0)
-            if cfg.val_every_n_steps and step % cfg.val_every_n_steps == 0:
-                run_validation()
-                validated_at = step
-            saved = step % ckpt_every == 0 and step < total_steps
-            if saved:
-                save_checkpoint(*pos)
-            if stop is not None and step < total_steps and stop.requested(fabric, world):
-                if not saved:
-                    save_checkpoint(*pos)
-                bar.close()
-                raise TrainingStopped(
-                    f"stopped by {stop.signal_name or 'a signal'} at step {step} of {total_steps}: saved the "
-                    f"resume point {ckpt_path} and the model {run_dir / 'last'}; continue with "
-                    f"`clip4str train --resume {run_dir}`"
-                )
-            for hook in trainer.on_step_end:
-                hook(StepInfo(step=step, epoch=epoch, loss=step_loss, total_steps=total_steps))
-            if step >= total_steps:
-                break
-        if step >= total_steps:
-            break
-        epoch, batch_pos = epoch + 1, 0
-
-    if validated_at != step:
-        run_validation()
-    b_end = b if step else 0
-    end_pos = (epoch, b_end) if b_end < batches else (epoch + 1, 0)
-    save_checkpoint(*end_pos)
-    bar.close()
-    digest = hashlib.sha256()
-    for _, p in sorted(model.state_dict().items()):
-        digest.update(p.detach().float().cpu().numpy().tobytes())
-    digests = gather(digest.hexdigest())
-    if is_main:
-        tb.close()  # type: ignore[union-attr]
-        say(
-            f"done: step {step}; best val accuracy {best['accuracy']} at step {best['step']}; "
-            f"wall time {wall_s() / 3600:.2f} h over all sessions; "
-            f"models in {run_dir / 'best'} and {run_dir / 'last'}"
+    def stop_requested(self) -> bool:
+        """A signal asked to stop (on any rank) before the last step."""
+        stop = self.trainer._stop
+        return (
+            stop is not None
+            and self.state.step < self.total_steps
+            and stop.requested(self.fabric, self.world)
         )
-    return TrainResult(
-        run_dir=run_dir,
-        step=step,
-        epoch=epoch,
-        total_steps=total_steps,
-        best_accuracy=best["accuracy"],
-        best_step=best["step"],
-        last_val=last_val,
-        param_digests=digests,
-    )
+
+    def stopped(self) -> TrainingStopped:
+        self.bar.close()
+        stop = self.trainer._stop
+        return TrainingStopped(
+            f"stopped by {(stop and stop.signal_name) or 'a signal'} at step {self.state.step} of "
+            f"{self.total_steps}: saved the resume point {self.ckpt_path} and the model {self.run_dir / 'last'}; "
+            f"continue with `clip4str train --resume {self.run_dir}`"
+        )
+
+    def finish(self) -> TrainResult:
+        """Close the logs and report; the parameter digests show whether the ranks stayed identical."""
+        self.bar.close()
+        digest = hashlib.sha256()
+        for _, p in sorted(self.model.state_dict().items()):
+            digest.update(p.detach().float().cpu().numpy().tobytes())
+        digests = self._gather(digest.hexdigest())
+        state, best = self.state, self.state.best
+        if self.is_main:
+            self.tensorboard.close()  # type: ignore[union-attr]
+            self.say(
+                f"done: step {state.step}; best val accuracy {best['accuracy']} at step {best['step']}; "
+                f"wall time {state.wall_s() / 3600:.2f} h over all sessions; "
+                f"models in {self.run_dir / 'best'} and {self.run_dir / 'last'}"
+            )
+        return TrainResult(
+            run_dir=self.run_dir,
+            step=state.step,
+            epoch=state.epoch,
+            total_steps=self.total_steps,
+            best_accuracy=best["accuracy"],
+            best_step=best["step"],
+            last_val=self.last_val,
+            param_digests=digests,
+        )
