@@ -1,24 +1,9 @@
-"""Project-level promises: the README's set-up commands, CI entry point, import hygiene."""
+"""Project-level promises: import hygiene, the command-line entry point."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
-
-from conftest import PROJECT_ROOT
-
-
-def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    setup = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```bash\n(.*?)```", setup, re.S).group(1)
-    commands = [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
-    assert len(commands) == 2
-    assert "torch==" in commands[0] and "torch==" in commands[1]  # never an unpinned torch
-    assert "pytest" in commands[1]
-    ci = (PROJECT_ROOT / ".ci" / "run").read_text()
-    assert "README.md" in ci and "eval" in ci
 
 
 def test_inference_imports_neither_lightning_nor_augmentation():

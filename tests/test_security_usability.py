@@ -139,12 +139,6 @@ def test_font_hint_names_the_cjk_package():
     assert synth.font_package_hint("Tiếng") == "fonts-noto-core"
 
 
-def test_char_probs_end_with_the_end_of_sequence_entry():
-    from clip4str.api import Prediction
-
-    assert "end-of-sequence" in (Prediction.__doc__ or "")
-
-
 # ------------------------------------------------------------------------------------ item 16
 VIETNAMESE = ["MẮM", "Tiếng", "Việt", "ĐỨC", "quốc", "người", "Nguyễn", "Ở", "ẩm", "Ặ"]
 

@@ -30,4 +30,4 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path, bpe_path, monkeypatch) 
     initial, _ = build_model(cfg)
     moved = [k for k, v in initial.state_dict().items() if not torch.equal(v, weights[k])]
     assert "visual_decoder.head.weight" in moved and "clip_model.visual.conv1.weight" in moved
-    assert result.last_val["val_accuracy"] >= 0.0 and result.best_step == 3
+    assert result.best_step == 3  # validated once, at the end, on both ranks' shares summed
