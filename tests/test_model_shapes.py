@@ -125,3 +125,20 @@ def test_context_free_loss_weight_is_checked_and_off_by_default() -> None:
     assert ModelConfig().context_free_loss_weight == 0.0
     with pytest.raises(ConfigError, match="context_free_loss_weight"):
         ModelConfig(context_free_loss_weight=-1.0)
+
+
+def test_a_fresh_convolutional_stem_passes_the_image_on_and_positions_start_distinct() -> None:
+    """From scratch, the stem's output must vary with the image (PyTorch's default conv init left it nearly
+    constant), and every token starts with its own sine-cosine position, the class token with none."""
+    from clip4str.clip.model import sincos_positions
+
+    vit = _small("conv").clip_model.visual
+    images = torch.rand(2, 3, 32, 128) * 2 - 1
+    with torch.no_grad():
+        features = vit.stem(images)  # (2, W, rows, cols)
+    assert features.std(dim=-1).mean() > 0.05
+    table = vit.positional_embedding.detach()
+    assert torch.equal(table, sincos_positions(vit.grid_hw, table.shape[1]))
+    assert torch.count_nonzero(table[0]) == 0
+    distinct = torch.cdist(table[1:], table[1:]) + torch.eye(table.shape[0] - 1)
+    assert distinct.min() > 0.1

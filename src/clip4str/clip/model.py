@@ -162,6 +162,23 @@ class Transformer(nn.Module):
         return x
 
 
+def sincos_positions(grid_hw: tuple[int, int], width: int) -> Tensor:
+    """(1 + rows*cols, width) 2D sine-cosine position table, row-major, with a zero row for the class token:
+    half the channels encode the row, half the column (as MAE's fixed table)."""
+    if width % 4:
+        raise ValueError(f"a sine-cosine position table needs a width divisible by 4, got {width}")
+    quarter = width // 4
+    freqs = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(
+        torch.arange(grid_hw[0], dtype=torch.float64),
+        torch.arange(grid_hw[1], dtype=torch.float64),
+        indexing="ij",
+    )
+    angles = [pos.flatten()[:, None] * freqs[None] for pos in (rows, cols)]
+    table = torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1)
+    return torch.cat([torch.zeros(1, width, dtype=torch.float64), table]).float()
+
+
 class ConvStem(nn.Module):
     """3x3 convolutions (GELU between) halving H and/or W until the ``patch`` stride is reached, then a 1x1
     projection to ``width``: the patch grid of a strided patch convolution, with locality built in.
@@ -180,6 +197,10 @@ class ConvStem(nn.Module):
             channels, ph, pw = out, ph // stride[0], pw // stride[1]
         layers.append(nn.Conv2d(channels, width, 1))
         self.layers = nn.Sequential(*layers)
+        # He init keeps the image signal alive through the stack (PyTorch's default shrinks it ~100x here).
+        for conv in self.layers[::2]:
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.layers(images)
@@ -201,7 +222,12 @@ class VisionTransformer(nn.Module):
             self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_hw, stride=cfg.patch_hw, bias=False)
         scale = width**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.num_tokens, width))
+        if cfg.stem == "conv":
+            # A from-scratch model: positions start as a sine-cosine table as strong as the stem's features,
+            # so the decoders' queries can find character positions from the first steps.
+            self.positional_embedding = nn.Parameter(sincos_positions(cfg.grid_hw, width))
+        else:
+            self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.num_tokens, width))
         self.ln_pre = LayerNorm(width)
         self.transformer = Transformer(width, cfg.layers, cfg.heads, activation)
         self.ln_post = LayerNorm(width)
