@@ -142,3 +142,36 @@ def test_a_fresh_convolutional_stem_passes_the_image_on_and_positions_start_dist
     assert torch.count_nonzero(table[0]) == 0
     distinct = torch.cdist(table[1:], table[1:]) + torch.eye(table.shape[0] - 1)
     assert distinct.min() > 0.1
+
+
+def test_ctc_training_aid_is_off_by_default_and_trains_a_head_when_on() -> None:
+    """``ctc_loss_weight`` > 0 adds a per-column CTC term (a head the official model does not have); it is
+    finite even for a label longer than the columns, and its head is saved and loaded with the model."""
+    import tempfile
+
+    assert CLIP4STR(model_preset("tiny")).ctc_head is None
+    cfg = model_preset(
+        "small",
+        charset_train=CHARSET_36,
+        max_label_length=40,
+        ctc_loss_weight=0.5,
+        clip={"vision": {"layers": 1, "stem": "conv", "patch_size": [32, 4]}, "text": {"layers": 1}},
+    )
+    torch.manual_seed(0)
+    model = CLIP4STR(cfg).train()
+    images, labels = torch.rand(2, 3, 32, 128), ["ab", "x" * 33]  # 33 characters > 32 columns
+    perms = torch.arange(35)[None]
+    with_ctc = model.training_loss(images, labels, perms=perms)
+    with_ctc.backward()
+    assert torch.isfinite(with_ctc)
+    assert model.ctc_head.weight.grad.abs().sum() > 0
+    model.config.ctc_loss_weight = 0.0
+    torch.manual_seed(1)
+    model.eval()
+    without = model.training_loss(images, labels, perms=perms)
+    model.config.ctc_loss_weight = 0.5
+    assert model.training_loss(images, labels, perms=perms).item() > without.item()
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(model, tmp)
+        loaded = load_model(tmp)
+    assert torch.equal(loaded.ctc_head.weight, model.ctc_head.weight)

@@ -315,6 +315,10 @@ class ModelConfig(JsonConfig):
     # only [B], as in non-autoregressive decoding). 0 is the official loss; a from-scratch model ties its
     # position queries to the image sooner with it.
     context_free_loss_weight: float = 0.0
+    # Weight of an auxiliary CTC loss on the image tokens (a linear ``ctc_head`` over the patch columns, used
+    # in training only). 0 (official) has no head; a from-scratch model's tokens become distinct per column
+    # with it, so the decoders' cross-attention has something to align to.
+    ctc_loss_weight: float = 0.0
     perm_num: int = 6
     perm_forward: bool = True
     perm_mirrored: bool = True
@@ -343,6 +347,7 @@ class ModelConfig(JsonConfig):
         check_int("perm_num", self.perm_num, 1, 10_000)
         check_number("cross_loss_weight", self.cross_loss_weight, 0.0, 1e6)
         check_number("context_free_loss_weight", self.context_free_loss_weight, 0.0, 1e6)
+        check_number("ctc_loss_weight", self.ctc_loss_weight, 0.0, 1e6)
         if self.clip.embed_dim % self.decoder.num_heads:
             raise ConfigError(
                 f"decoder.num_heads={self.decoder.num_heads} does not divide the decoder width "

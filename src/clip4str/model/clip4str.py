@@ -100,6 +100,10 @@ class CLIP4STR(nn.Module):
 
         self.visual_decoder = make_decoder()
         self.cross_decoder = make_decoder()
+        # Training aid only (config.ctc_loss_weight > 0): per-column character logits, class 0 ([E]) as blank.
+        self.ctc_head: nn.Linear | None = None
+        if config.ctc_loss_weight > 0:
+            self.ctc_head = nn.Linear(config.clip.embed_dim, self.tokenizer.num_classes)
         # Optional parts (parameter-efficient tuning, another text encoder); None = the official model.
         self.image_adapter: nn.Module | None = None
         self.text_encoder: nn.Module | None = None
@@ -511,6 +515,8 @@ class CLIP4STR(nn.Module):
         if details is not None:
             details.update(tgt=tgt, perms=perms, memory=memory, numel=numel)
         loss = total / max(numel, 1)
+        if self.ctc_head is not None:
+            loss = loss + self.config.ctc_loss_weight * self._ctc_loss(memory, targets_with_eos)
         weight = self.config.context_free_loss_weight
         if weight > 0:
             # Every query sees only [B]: each character (and [E]) must be found in the image.
@@ -522,6 +528,23 @@ class CLIP4STR(nn.Module):
             )
             loss = loss + weight * self._branch_loss(vis_logits, cross_logits, targets_with_eos)
         return loss
+
+    def _ctc_loss(self, memory: Tensor, targets: Tensor) -> Tensor:
+        """Mean CTC loss of ``ctc_head`` over the image memory's patch columns (rows averaged).
+
+        Args:
+            memory: (N, 1 + rows*cols, E) image tokens, class token first.
+            targets: (N, L + 1) character ids with [E] (id 0, the blank) and padding after them.
+        """
+        rows, cols = self.clip_model.visual.grid_hw
+        columns = memory[:, 1:].unflatten(1, (rows, cols)).mean(1)  # (N, cols, E)
+        log_probs = self.ctc_head(columns).float().log_softmax(-1).transpose(0, 1)  # (cols, N, C)
+        is_char = (targets != self.tokenizer.eos_id) & (targets != self.tokenizer.pad_id)
+        lengths = is_char.sum(1)
+        frames = torch.full_like(lengths, cols)
+        return F.ctc_loss(
+            log_probs, targets[is_char], frames, lengths, blank=self.tokenizer.eos_id, zero_infinity=True
+        )
 
     def _both_branches(
         self,
