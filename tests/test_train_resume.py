@@ -3,6 +3,8 @@ checkpoint writes are atomic."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from test_train_support import WORDS_64, make_word_lmdb, tiny_config_dict
@@ -91,7 +93,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch) -> None:
     state_mod.save_state({"step": 1, "w": torch.ones(3)}, path)
 
     def torn_save(obj, f):
-        f.write(b"PK\x03\x04 partial")
+        Path(f).write_bytes(b"PK\x03\x04 partial")
         raise OSError("killed while writing")
 
     monkeypatch.setattr(state_mod.torch, "save", torn_save)

@@ -267,9 +267,12 @@ class DecodingConfig:
     visual_only: bool = False
 
     def __post_init__(self) -> None:
-        if self.mode not in ("ar", "nar"):
-            raise ConfigError(f"decoding.mode must be 'ar' or 'nar', got {self.mode!r}")
-        check_int("decoding.refine_iters", self.refine_iters, 0, MAX_REFINE_ITERS)
+        from clip4str.decoding import DecodeOptions  # the one check of decoding options
+
+        try:
+            DecodeOptions(mode=self.mode, refine_iters=self.refine_iters, visual_only=self.visual_only)
+        except ValueError as err:
+            raise ConfigError(f"decoding.{err}") from None
 
 
 @dataclass

@@ -9,11 +9,8 @@ over the old one: a kill at any moment leaves either the previous or the new che
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,36 +20,11 @@ import torch
 
 from clip4str.errors import CheckpointError, WriteError
 from clip4str.files import write_failure
+from clip4str.weights import atomic_write
 
 STATE_FORMAT = "clip4str-train-state"
 STATE_VERSION = 1
 RESUME_NAME = "last.ckpt"
-
-
-def atomic_write(target: str | Path, write: Callable[[Any], None]) -> Path:
-    """Call ``write(file_object)`` on a temporary sibling of ``target``, fsync, then rename onto it."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        try:  # make the rename itself durable
-            dir_fd = os.open(target.parent, os.O_RDONLY)
-        except OSError:
-            dir_fd = None
-        if dir_fd is not None:
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> Path:
@@ -63,7 +35,7 @@ def save_state(state: dict[str, Any], path: str | Path) -> Path:
     """
     payload = {"format": STATE_FORMAT, "version": STATE_VERSION, **state}
     try:
-        return atomic_write(path, lambda f: torch.save(payload, f))
+        return atomic_write(path, lambda tmp: torch.save(payload, tmp))
     except (OSError, RuntimeError) as err:
         raise WriteError(write_failure(Path(path), err)) from err
 
