@@ -14,19 +14,22 @@ from clip4str.presets import model_preset
 
 
 def _small(stem: str = "patch") -> CLIP4STR:
-    """The shipped model's shapes with one layer per tower (fast)."""
+    """The shipped model's widths with one layer per tower (fast), on PARSeq's 4x8 patches (a 2D 8x16 grid)."""
     torch.manual_seed(0)
     cfg = model_preset(
         "small",
         charset_train=CHARSET_36,
         max_label_length=8,
-        clip={"vision": {"layers": 1, "stem": stem}, "text": {"layers": 1}},
+        clip={"vision": {"layers": 1, "stem": stem, "patch_size": [4, 8]}, "text": {"layers": 1}},
     )
     return CLIP4STR(cfg).eval()
 
 
 def test_rectangular_sizes_round_trip_through_json() -> None:
-    cfg = model_preset("small")
+    shipped = model_preset("small").clip.vision
+    assert shipped.image_hw == (32, 128) and shipped.patch_hw == (32, 4) and shipped.grid_hw == (1, 32)
+    assert shipped.num_tokens == 32 + 1 and shipped.stem == "conv"
+    cfg = model_preset("small", clip={"vision": {"patch_size": [4, 8]}})
     vision = cfg.clip.vision
     assert vision.image_hw == (32, 128) and vision.patch_hw == (4, 8) and vision.grid_hw == (8, 16)
     assert vision.num_tokens == 8 * 16 + 1

@@ -62,7 +62,7 @@ def _floor(dataset: str) -> float:
 def test_the_shipped_model_has_its_shapes_and_size(reader) -> None:
     assert reader.name == "clip4str-small"
     assert reader.config.clip.vision.image_hw == (32, 128)
-    assert reader.config.clip.vision.patch_hw == (4, 8)
+    assert reader.config.clip.vision.patch_hw == (32, 4) and reader.config.clip.vision.stem == "conv"
     assert "clip4str-small" in repr(reader)
     size = sum(f.stat().st_size for f in _shipped_dir().iterdir())
     assert size <= 20 * 2**20, f"the shipped model takes {size / 2**20:.1f} MB (limit 20 MB)"

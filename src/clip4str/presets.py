@@ -144,8 +144,9 @@ def _tiny_golden() -> ModelConfig:
 def _small(
     vision_width: int = 192, vision_layers: int = 6, text_width: int = 96, text_layers: int = 2
 ) -> ModelConfig:
-    """The shipped CPU model's size: a from-scratch CLIP4STR on 32x128 images with 4x8 patches (a 8x16
-    grid, as PARSeq), a narrow CLIP text tower over 16 caption positions, and two one-layer decoders."""
+    """The shipped CPU model's size: a from-scratch CLIP4STR on 32x128 images whose convolutional stem turns
+    full-height 32x4 strips into one row of 32 tokens, a narrow CLIP text tower over 16 caption positions,
+    and two one-layer decoders."""
     return ModelConfig(
         clip=CLIPConfig(
             embed_dim=vision_width,
@@ -153,8 +154,9 @@ def _small(
                 width=vision_width,
                 layers=vision_layers,
                 heads=vision_width // 64,
-                patch_size=(4, 8),
+                patch_size=(32, 4),
                 image_size=(32, 128),
+                stem="conv",
             ),
             text=TextConfig(
                 width=text_width, layers=text_layers, heads=max(text_width // 64, 1), context_length=16
