@@ -181,11 +181,13 @@ def test_friendly_names_pick_the_best_release_of_each_size():
         best = max(by_backbone[backbone], key=lambda r: r.weighted_accuracy())
         alias = hub.RELEASES[friendly]
         assert alias.alias_of == best.name and alias.filename == best.filename
-    assert hub.RELEASES[hub.DEFAULT_MODEL].source != "package"  # the default reads before any training
+    assert (
+        hub.DEFAULT_MODEL == "clip4str-small" and hub.cached_path(hub.SMALL_MODEL) is not None
+    )  # reads offline
 
 
 def test_the_small_model_is_listed_only_when_its_weights_are_installed(tmp_path, monkeypatch):
-    assert hub.cached_path(hub.SMALL_MODEL) is None  # not shipped in this version
+    monkeypatch.setattr(hub, "shipped_model_dir", lambda name: tmp_path / "weights" / name)
     assert "clip4str-small" not in [r.name for r in hub.list_models()]
     with pytest.raises(ModelNotFoundError, match=r"clip4str train --config small"):
         hub.resolve_model("clip4str-small")

@@ -306,7 +306,7 @@ def load(
     Args:
         name_or_path: a release name (``clip4str-base``, ``clip4str-large``, ``clip4str-huge``, ... see
             ``clip4str models``), an official ``.ckpt``/``.pt`` file, or a clip4str model folder/safetensors.
-            Default: ``clip4str-base``, the best released B/16 (downloaded once).
+            Default: ``clip4str-small``, shipped inside the package (no download).
         device, options, compile: see :class:`Recognizer`.
         **changes: decoding options (``mode``, ``refine_iters``, ``visual_only``, ``charset_test``,
             ``precision``, ``batch_size``: see :class:`~clip4str.decoding.DecodeOptions`), checked before

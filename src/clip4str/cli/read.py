@@ -16,7 +16,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, batch_size: bool = T
     parser.add_argument(
         "--model",
         default=None,
-        help="release name or checkpoint path (default: clip4str-base)",
+        help="release name or checkpoint path (default: clip4str-small, shipped in the package)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     if batch_size:
