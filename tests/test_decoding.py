@@ -24,13 +24,6 @@ from clip4str.model.clip4str import CLIP4STR, DecodeTrace
 from clip4str.presets import model_preset
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _bpe(bpe_path):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CLIP4STR_BPE_PATH", str(bpe_path))
-        yield
-
-
 @pytest.fixture(scope="module")
 def model() -> CLIP4STR:
     """A random tiny model with peaked heads (no near-ties) and an EOS bias, so rows end at varied steps."""
