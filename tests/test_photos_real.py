@@ -63,7 +63,7 @@ def test_the_model_reads_the_clear_words_in_their_true_boxes(reader, scenes):
         words = _clear_words(scenes, n)
         got = read_regions(reader, scenes / "Imgs" / f"img_{n}.jpg", [w.box for w in words])
         read += [g.text.lower() == w.text.lower() for g, w in zip(got, words)]
-    assert sum(read) >= 2, read  # clip4str-small (42.7 % on crops) reads JOINT and PAIN, not STOREY/BLOCK
+    assert sum(read) >= 2, read  # clip4str-small (58.5 % on crops) reads JOINT and PAIN, not STOREY/BLOCK
 
 
 def test_detect_then_read_finds_the_clear_words(reader, scenes):

@@ -117,7 +117,7 @@ def test_read_cli_offline_on_a_fresh_machine(svt, tmp_path) -> None:
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(rows) == len(chosen)
     right = sum(row["text"] == label for row, label in zip(rows, labels))
-    assert right >= len(chosen) // 4  # a reader, not noise (the model reads 41 % of SVT)
+    assert right >= len(chosen) // 3  # a reader, not noise (the model reads 57 % of SVT; 8 of these 16)
 
 
 def _svt_pixels(reader, svt, count: int = 160):
