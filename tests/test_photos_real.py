@@ -70,7 +70,7 @@ def test_detect_then_read_finds_the_clear_words(reader, scenes):
     photos = reader.read_photos([scenes / "Imgs" / f"img_{n}.jpg" for n in CLEAR])
     texts = {w.text.lower() for p in photos for w in p.words}
     wanted = {t.lower() for words in CLEAR.values() for t in words}
-    assert len(texts & wanted) >= 1, sorted(texts)
+    assert len(texts & wanted) >= 2, sorted(texts)  # clip4str-small: joint and pain
 
 
 def test_a_word_turned_a_quarter_is_read_upright(reader, scenes):
