@@ -127,7 +127,9 @@ def _decode(data: bytes | bytearray | memoryview, name: str, what: str) -> Image
         raise
     except Image.DecompressionBombError as err:
         raise ImageReadError(f"{name}: {err}; refused as a decompression bomb (downscale it first)") from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, MemoryError) as err:
+    except UnidentifiedImageError as err:
+        raise ImageReadError(f"{what}: not an image (no format Pillow reads in {len(data)} bytes)") from err
+    except (OSError, SyntaxError, ValueError, MemoryError) as err:
         raise ImageReadError(f"{what}: {err}") from err
 
 
