@@ -23,3 +23,8 @@ class ModelNotFoundError(Clip4strError, FileNotFoundError):
 
 class WriteError(Clip4strError, OSError):
     """Saving a file failed (e.g. a full disk); the message says that the previous file is intact."""
+
+
+class OutputError(Clip4strError, ValueError):
+    """An output path would write over an input, a model or ground-truth file, or a file this run did not
+    create (without ``--overwrite``), or it cannot be written (see :class:`clip4str.files.OutputGuard`)."""

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 
 from clip4str.config import ConfigError, ModelConfig, parse_json
 from clip4str.errors import CheckpointError, WriteError
+from clip4str.files import OutputGuard, atomic_write
 from clip4str.safe_pickle import load_pickle, module_tensors, plain
 
 __all__ = [
@@ -304,53 +304,21 @@ def load_state_dict_strict(
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems cannot sync a folder; the rename is still atomic
-        if not path.is_dir():
-            raise
-    finally:
-        os.close(fd)
-
-
-def atomic_write(target: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` for a temporary sibling of ``target``, fsync it, rename it onto ``target``
-    and fsync the folder: a kill at any moment leaves the old file or the new one, never a torn one.
-
-    An exception from ``write`` (or the disk) leaves ``target`` untouched and is raised unchanged.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, target)
-        try:
-            _fsync(target.parent)  # make the rename itself durable
-        except OSError:
-            pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
-
-
 def save_model(
     model: nn.Module,
     directory: str | Path,
     extra_metadata: Mapping[str, str] | None = None,
     dtype: torch.dtype | None = None,
+    guard: OutputGuard | None = None,
 ) -> Path:
     """Write a CLIP4STR model in the own format, atomically: ``directory/model.safetensors`` (config in its
     metadata too) and ``directory/config.json``. Returns ``directory``.
 
     ``dtype`` (e.g. ``torch.bfloat16``) stores the floating-point weights at that precision (half the size);
     loading always builds an fp32 model from them. A failed write raises
-    :class:`~clip4str.errors.WriteError`; the previous files are then intact.
+    :class:`~clip4str.errors.WriteError`; the previous files are then intact. With ``guard`` (a
+    :class:`~clip4str.files.OutputGuard`) both files are written through it: no input or model file is
+    written over, and an existing file only with its ``overwrite``.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -363,6 +331,9 @@ def save_model(
         (WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata)),
         (CONFIG_NAME, lambda tmp: tmp.write_text(config_text + "\n", encoding="utf-8")),
     ):
+        if guard is not None:
+            guard.write(directory / name, write)  # under the option that claimed it
+            continue
         try:
             atomic_write(directory / name, write)
         except Exception as err:  # noqa: BLE001 - OSError, or the safetensors writer's own error type

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 DTYPES = ("fp32", "bf16", "fp16")
 
@@ -19,10 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("model", help="release name or checkpoint path")
-    parser.add_argument("out", help="folder to write (created; its model files are replaced)")
+    parser.add_argument(
+        "out", help="folder to write (created; existing model files there are replaced only with --overwrite)"
+    )
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="precision of the stored weights")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace model files already in OUT (never the source model)"
     )
     parser.set_defaults(handler=run)
 
@@ -32,11 +38,16 @@ def run(args: argparse.Namespace) -> int:
 
     from clip4str.config import parse_overrides
     from clip4str.factory import create_model
-    from clip4str.weights import save_model
+    from clip4str.files import OutputGuard
+    from clip4str.weights import CONFIG_NAME, WEIGHTS_NAME, save_model
 
+    guard = OutputGuard("clip4str export", overwrite=args.overwrite)  # never the source: files.OutputGuard
+    guard.protect_model(args.model, "MODEL")
+    for name in (WEIGHTS_NAME, CONFIG_NAME):  # checked before the model loads
+        guard.claim(Path(args.out) / name, "OUT")
     model = create_model(args.model, **parse_overrides(args.overrides))
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    out = save_model(model, args.out, dtype=dtype)
+    out = save_model(model, args.out, dtype=dtype, guard=guard)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"wrote {out} ({size / 2**20:.1f} MB, {args.dtype})")
     return 0

@@ -1,0 +1,142 @@
+"""The one output guard (issue 24, items 1-3): no command writes over an input, a model or a ground-truth
+file, or replaces a file it did not write without --overwrite."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from clip4str.errors import OutputError, WriteError
+from clip4str.files import OutputGuard, atomic_write
+
+
+# ------------------------------------------------------------------------------------ the guard itself
+def test_guard_refuses_a_protected_input_even_with_overwrite(tmp_path):
+    src = tmp_path / "in.png"
+    src.write_bytes(b"photo")
+    for overwrite in (False, True):
+        guard = OutputGuard(overwrite=overwrite)
+        guard.protect(src, "an input image")
+        with pytest.raises(OutputError, match=r"--out .*in\.png: is an input image; it would be overwritten"):
+            guard.claim(src, "--out")
+    assert src.read_bytes() == b"photo"
+
+
+def test_guard_sees_links_and_files_inside_protected_folders(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(model / "model.safetensors")
+    hard = tmp_path / "hard.bin"
+    os.link(model / "model.safetensors", hard)
+    guard = OutputGuard(overwrite=True)
+    guard.protect_model(str(model))
+    for target in (model / "model.safetensors", link, hard):
+        with pytest.raises(OutputError, match="a file of the model"):
+            guard.write_bytes(target, b"report", "--out")
+    assert (model / "model.safetensors").read_bytes() == b"weights"
+    guard.write_bytes(model / "report.txt", b"new file", "--out")  # a new file beside it is fine
+
+
+def test_guard_replaces_only_its_own_files_without_overwrite(tmp_path):
+    theirs = tmp_path / "x.png"
+    theirs.write_bytes(b"user file")
+    with pytest.raises(OutputError, match="already exists and this run did not write it; give --overwrite"):
+        OutputGuard().write_bytes(theirs, b"ours", "--draw")
+    assert theirs.read_bytes() == b"user file"
+    guard = OutputGuard()
+    ours = tmp_path / "ours.txt"
+    guard.write_text(ours, "one", "--out")
+    guard.write_text(ours, "two", "--out")  # written by this run: may be rewritten
+    assert ours.read_text() == "two"
+    OutputGuard(overwrite=True).write_bytes(theirs, b"replaced", "--draw")
+    assert theirs.read_bytes() == b"replaced"
+
+
+def test_guard_two_options_one_file_and_folders(tmp_path):
+    guard = OutputGuard()
+    guard.claim(tmp_path / "r.txt", "--out")
+    with pytest.raises(OutputError, match="--out names the same file"):
+        guard.claim(tmp_path / "r.txt", "--errors")
+    with pytest.raises(OutputError, match="is a folder"):
+        guard.claim(tmp_path, "--out")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputError, match="--draw .*: is not a folder"):
+        guard.claim_folder(tmp_path / "f", "--draw")
+    with pytest.raises(OutputError, match="not a folder"):
+        guard.claim(tmp_path / "f" / "a.txt", "--out")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_guard_checks_an_unwritable_folder_at_once():
+    with pytest.raises(OutputError, match="--draw /proc/forbidden"):
+        OutputGuard().claim_folder("/proc/forbidden", "--draw")
+
+
+def test_atomic_write_without_replace_leaves_a_file_that_appeared(tmp_path):
+    target = tmp_path / "t.txt"
+
+    def racer(tmp):
+        tmp.write_text("ours")
+        target.write_text("appeared")
+
+    with pytest.raises(FileExistsError):
+        atomic_write(target, racer, replace=False)
+    assert target.read_text() == "appeared"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
+    guard = OutputGuard()
+    target.unlink()
+    with pytest.raises(OutputError, match="appeared while it was being written"):
+        guard.write(target, racer, "--out")
+
+
+def test_guard_write_failure_is_one_write_error(tmp_path):
+    def full(tmp):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(WriteError, match="--out .*the disk is full"):
+        OutputGuard().write(tmp_path / "r.txt", full, "--out")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------ commands
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    import torch
+
+    from clip4str.model.clip4str import CLIP4STR
+    from clip4str.presets import model_preset
+    from clip4str.weights import save_model
+
+    torch.manual_seed(0)
+    return save_model(CLIP4STR(model_preset("tiny")), tmp_path_factory.mktemp("m") / "model")
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_export_onto_its_own_source_is_refused(tiny_model_dir, capsys):
+    """Issue 24 item 3: `export SRC SRC --dtype bf16` replaced the fp32 weights, silently, exit 0."""
+    from clip4str.cli import main
+
+    before = _snapshot(tiny_model_dir)
+    for extra in ([], ["--overwrite"]):
+        assert main(["export", str(tiny_model_dir), str(tiny_model_dir), "--dtype", "bf16", *extra]) == 1
+        assert "OUT" in capsys.readouterr().err
+    assert _snapshot(tiny_model_dir) == before
+
+
+def test_export_replaces_an_earlier_export_only_with_overwrite(tiny_model_dir, tmp_path, capsys):
+    from clip4str.cli import main
+
+    out = tmp_path / "out"
+    assert main(["export", str(tiny_model_dir), str(out)]) == 0
+    first = _snapshot(out)
+    assert main(["export", str(tiny_model_dir), str(out), "--dtype", "bf16"]) == 1
+    assert "give --overwrite" in capsys.readouterr().err
+    assert _snapshot(out) == first
+    assert main(["export", str(tiny_model_dir), str(out), "--dtype", "bf16", "--overwrite"]) == 0
+    assert _snapshot(out)["model.safetensors"] != first["model.safetensors"]
