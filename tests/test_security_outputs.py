@@ -140,3 +140,77 @@ def test_export_replaces_an_earlier_export_only_with_overwrite(tiny_model_dir, t
     assert _snapshot(out) == first
     assert main(["export", str(tiny_model_dir), str(out), "--dtype", "bf16", "--overwrite"]) == 0
     assert _snapshot(out)["model.safetensors"] != first["model.safetensors"]
+
+
+def _photo(path, value=200):
+    from PIL import Image
+
+    Image.new("RGB", (64, 32), (value, value, value)).save(path)
+    return path
+
+
+def test_read_draw_never_writes_over_the_input_photos(tiny_model_dir, tmp_path, capsys):
+    """Issue 24 item 1: `read --detect photos/words.png photos/words.jpg --draw photos` replaced the photos
+    themselves, silently, exit 0. Refused before the model loads, even with --overwrite."""
+    from clip4str.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    png, jpg = _photo(photos / "words.png"), _photo(photos / "words.jpg", 90)
+    boxes = tmp_path / "boxes.jsonl"
+    boxes.write_text("".join(f'{{"path": "{p}", "boxes": [[0, 0, 30, 20]]}}\n' for p in (png, jpg)))
+    before = _snapshot(photos)
+    for extra in ([], ["--overwrite"]):
+        code = main(
+            ["read", "--model", str(tiny_model_dir), "--boxes", str(boxes), "--draw", str(photos), *extra]
+        )
+        assert code == 1
+        err = capsys.readouterr().err
+        assert "--draw" in err and "is an input photo" in err and "clip4str: model" not in err
+    assert _snapshot(photos) == before
+
+
+def test_read_draw_keeps_an_unrelated_file_unless_overwrite(tiny_model_dir, tmp_path, capsys):
+    """Issue 24 item 1: an input x.bmp drew over an unrelated x.png in DIR."""
+    from clip4str.cli import main
+
+    bmp = _photo(tmp_path / "x.bmp")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x.png").write_bytes(b"the user's own x.png")
+    boxes = tmp_path / "b.txt"
+    boxes.write_text("0,0,30,20\n")
+    args = ["read", "--model", str(tiny_model_dir), "--boxes", str(boxes), str(bmp), "--draw", str(out)]
+    assert main(args) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "x.png").read_bytes() == b"the user's own x.png"
+    assert main([*args, "--overwrite"]) == 0
+    from PIL import Image
+
+    with Image.open(out / "x.png") as im:
+        assert im.size == (64, 32)
+    assert sorted(p.name for p in out.iterdir()) == ["x.png"]  # no temporary file left
+
+
+def test_read_draw_into_an_unwritable_folder_fails_first(tiny_model_dir, tmp_path, capsys):
+    """Issue 24 item 13: --draw /proc/forbidden was checked only after the first photo, without naming --draw."""
+    from clip4str.cli import main
+
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs /proc")
+    bmp = _photo(tmp_path / "x.bmp")
+    boxes = tmp_path / "b.txt"
+    boxes.write_text("0,0,30,20\n")
+    args = [
+        "read",
+        "--model",
+        str(tiny_model_dir),
+        "--boxes",
+        str(boxes),
+        str(bmp),
+        "--draw",
+        "/proc/forbidden",
+    ]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "--draw /proc/forbidden" in err and "clip4str: model" not in err

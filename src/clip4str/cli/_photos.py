@@ -25,7 +25,13 @@ def add_photo_arguments(parser: argparse.ArgumentParser) -> None:
         "--json output), or x1,y1,...,x4,y4 / x0,y0,x1,y1 lines for the one image given",
     )
     group.add_argument(
-        "--draw", metavar="DIR", help="write each photo with its boxes and words drawn into DIR"
+        "--draw",
+        metavar="DIR",
+        help="write each photo with its boxes and words drawn into DIR (never over an input; a file already "
+        "there only with --overwrite)",
+    )
+    group.add_argument(
+        "--overwrite", action="store_true", help="let --draw replace files already in DIR (never an input)"
     )
     group.add_argument(
         "--orientation",
@@ -42,8 +48,6 @@ def check_photo_arguments(args: argparse.Namespace) -> str | None:
         return "give --detect or --boxes, not both"
     if args.draw and not (args.detect or args.boxes):
         return "--draw goes with --detect or --boxes"
-    if args.draw and Path(args.draw).exists() and not Path(args.draw).is_dir():
-        return f"--draw {args.draw}: not a folder"
     if not args.paths and not args.boxes:
         return "give at least one image path"
     return None
@@ -55,7 +59,7 @@ def _box_text(box: list[list[float]]) -> str:
 
 def _drawing_path(folder: Path, image: Path, taken: set[Path]) -> Path:
     """``folder/<image name>`` (PNG unless JPEG or PNG already), ``-2``, ``-3``... for names met earlier
-    in this run; a file left by an earlier run is replaced."""
+    in this run (the output guard then refuses inputs and, without --overwrite, existing files)."""
     suffix = image.suffix.lower() if image.suffix.lower() in (".jpg", ".jpeg", ".png") else ".png"
     path, n = folder / f"{image.stem}{suffix}", 1
     while path in taken:
@@ -82,11 +86,30 @@ def prepare_photos(args: argparse.Namespace, paths: list[str]) -> list[tuple[str
     if args.boxes:
         from clip4str.detect.boxfile import load_box_file
 
-        return load_box_file(args.boxes, paths)
-    from clip4str.detect import as_detector
+        jobs = load_box_file(args.boxes, paths)
+    else:
+        from clip4str.detect import as_detector
 
-    as_detector(None)
-    return [(p, None) for p in paths]
+        as_detector(None)
+        jobs = [(p, None) for p in paths]
+    args.drawings = _claim_drawings(args, [p for p, _ in jobs]) if args.draw else None
+    return jobs
+
+
+def _claim_drawings(args: argparse.Namespace, images: list[str]) -> list[Path]:
+    """The drawing of each photo, every one checked by the output guard before the model loads: never
+    an input (a photo, the box file, the model), an existing file only with --overwrite."""
+    from clip4str.files import OutputGuard
+
+    guard = OutputGuard("clip4str read", overwrite=args.overwrite)
+    folder = guard.claim_folder(args.draw, "--draw")
+    guard.protect_all(images, "an input photo")
+    guard.protect(args.boxes, "the box file (--boxes)")
+    guard.protect_model(args.model)
+    taken: set[Path] = set()
+    targets = [guard.claim(_drawing_path(folder, Path(str(p)), taken), "--draw") for p in images]
+    args.output_guard = guard
+    return targets
 
 
 def run_photos(args: argparse.Namespace, recognizer: Any, jobs: list[tuple[str, Any]]) -> int:
@@ -97,7 +120,6 @@ def run_photos(args: argparse.Namespace, recognizer: Any, jobs: list[tuple[str, 
     from clip4str.detect import Photo, iter_photos, read_regions, save_drawing
 
     failures = 0
-    drawn: set[Path] = set()
     show = len(jobs) > 1 and not args.quiet
 
     def results():
@@ -117,14 +139,13 @@ def run_photos(args: argparse.Namespace, recognizer: Any, jobs: list[tuple[str, 
         def write(line: str) -> None:
             bar.write(line, file=sys.stdout)
 
-        for path, result in results():
+        for n, (path, result) in enumerate(results()):
             bar.update(1)
             if isinstance(result, Exception):
                 failures += 1
                 bar.write(f"clip4str read: skipped {path}: {result}", file=sys.stderr)
                 continue
             _emit(result, args.json, write)
-            if args.draw:
-                target = _drawing_path(Path(args.draw), Path(str(path)), drawn)
-                save_drawing(load_image(path), result.words, target)
+            if getattr(args, "drawings", None) is not None:
+                save_drawing(load_image(path), result.words, args.drawings[n], guard=args.output_guard)
     return failures

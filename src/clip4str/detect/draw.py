@@ -8,6 +8,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from clip4str.files import OutputGuard
+
 __all__ = ["draw_words", "save_drawing"]
 
 _COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (240, 50, 230)]
@@ -46,14 +48,13 @@ def draw_words(image: Image.Image, words: Sequence[Any]) -> Image.Image:
     return out
 
 
-def save_drawing(image: Image.Image, words: Sequence[Any], path: str | Path) -> Path:
+def save_drawing(
+    image: Image.Image, words: Sequence[Any], path: str | Path, guard: OutputGuard | None = None
+) -> Path:
     """Draw ``words`` on ``image`` and save it at ``path`` (its folder is made; JPEG at quality 90 for a
-    .jpg/.jpeg name, otherwise the format the suffix names). Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    .jpg/.jpeg name, otherwise the format the suffix names), atomically through ``guard`` (a
+    :class:`~clip4str.files.OutputGuard`; by default one that may replace a file there). Returns the path."""
+    guard = OutputGuard("save_drawing", overwrite=True) if guard is None else guard
     drawn = draw_words(image, words)
-    if path.suffix.lower() in (".jpg", ".jpeg"):
-        drawn.save(path, quality=90)
-    else:
-        drawn.save(path)
-    return path
+    params = {"quality": 90} if Path(path).suffix.lower() in (".jpg", ".jpeg") else {}
+    return guard.save_image(drawn, path, "--draw", **params)
