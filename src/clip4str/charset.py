@@ -12,9 +12,13 @@ import string
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+import numpy as np
+
+if TYPE_CHECKING:  # torch only where tensors are made: the ONNX reader imports this module without it
+    import torch
+    from torch import Tensor
 
 CHARSET_36 = string.digits + string.ascii_lowercase
 CHARSET_62 = string.digits + string.ascii_lowercase + string.ascii_uppercase
@@ -88,6 +92,8 @@ class CharTokenizer:
 
     def encode(self, labels: Sequence[str], device: torch.device | str | None = None) -> Tensor:
         """Labels → (N, L_max + 2) int64 ``[BOS, ids..., EOS, PAD...]``. Unknown characters raise KeyError."""
+        import torch
+
         rows = []
         for label in labels:
             try:
@@ -111,15 +117,21 @@ class CharTokenizer:
         Confidence is the product of a row's probabilities, as the official evaluation computes it.
         """
         max_probs, ids = probs.max(-1)
-        texts, row_probs = [], []
-        eos_hits = ids == self.eos_id
-        for row_ids, row_p, row_eos in zip(ids.tolist(), max_probs, eos_hits.tolist()):
-            end = row_eos.index(True) if True in row_eos else len(row_ids)
-            texts.append(self.ids_to_text(row_ids[:end]))
-            row_probs.append(row_p[: end + 1])
-        return texts, row_probs
+        texts, ends = self.read_ids(ids.cpu().numpy())
+        return texts, [row_p[:end] for row_p, end in zip(max_probs, ends)]
 
-    def decode_caption(self, ids: Tensor) -> list[str]:
+    def read_ids(self, ids: np.ndarray) -> tuple[list[str], list[int]]:
+        """Greedy ids (N, L) → texts cut at the first EOS, and per row how many probabilities count: the
+        kept characters plus the EOS (L when no EOS was predicted). The rule both readers (PyTorch, ONNX)
+        apply."""
+        texts, ends = [], []
+        for row_ids in np.asarray(ids).tolist():
+            end = row_ids.index(self.eos_id) if self.eos_id in row_ids else len(row_ids)
+            texts.append(self.ids_to_text(row_ids[:end]))
+            ends.append(min(end + 1, len(row_ids)))
+        return texts, ends
+
+    def decode_caption(self, ids: Tensor | np.ndarray) -> list[str]:
         """Greedy ids (N, L) → caption strings as the official ``decode_fast`` does.
 
         The official code joins every token's string (specials included) and cuts at the first occurrence
@@ -127,7 +139,7 @@ class CharTokenizer:
         Released checkpoints were trained with this behaviour, so it is reproduced.
         """
         out = []
-        for row in ids.tolist():
+        for row in (ids.tolist() if hasattr(ids, "tolist") else list(ids)):
             text = "".join(self.itos[i] for i in row)
             cut = text.find(EOS)
             out.append(text if cut < 0 else text[:cut])

@@ -27,10 +27,14 @@ import threading
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ftfy
+import numpy as np
 import regex
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "ClipTokenizer",
@@ -266,7 +270,14 @@ class ClipTokenizer:
     def __call__(
         self, texts: str | Sequence[str], context_length: int = 77, truncate: bool = True
     ) -> torch.Tensor:
-        """texts → int32 ids (N, context_length): ``[SOT] + encode(text) + [EOT]``, zero-padded.
+        """texts → int32 ids (N, context_length) as a torch tensor: :meth:`ids`."""
+        import torch
+
+        return torch.from_numpy(self.ids(texts, context_length, truncate))
+
+    def ids(self, texts: str | Sequence[str], context_length: int = 77, truncate: bool = True) -> np.ndarray:
+        """texts → int32 ids (N, context_length): ``[SOT] + encode(text) + [EOT]``, zero-padded (numpy, so
+        that the ONNX reader shares it without PyTorch).
 
         Too long: with ``truncate`` keep the first ``context_length`` ids and make the last one EOT; without,
         raise ``ValueError`` naming the text.
@@ -288,8 +299,8 @@ class ClipTokenizer:
             else:
                 rows.append((SOT_ID, *ids, EOT_ID) + (0,) * (context_length - 2 - len(ids)))
         if not rows:
-            return torch.zeros(0, context_length, dtype=torch.int32)
-        return torch.tensor(rows, dtype=torch.int32)
+            return np.zeros((0, context_length), dtype=np.int32)
+        return np.array(rows, dtype=np.int32)
 
 
 _DEFAULT: ClipTokenizer | None = None

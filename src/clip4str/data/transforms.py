@@ -1,6 +1,7 @@
 """Image loading and inference preprocessing, shared by ``read``, ``eval``, validation and training.
 
-This module is on the inference path: it imports only PIL, numpy and torch (no kornia, no augmentation).
+This module is on the inference path: it imports only PIL and numpy (torch only where tensors are made), so
+the ONNX reader shares it without PyTorch.
 
 The preprocessing is the official one (``SceneTextDataModule.get_transform`` without augmentation):
 PIL ``img.resize((W, H), BICUBIC)`` ignoring the aspect ratio, ``/ 255``, then ``(x - mean) / std`` in
@@ -15,11 +16,13 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
-from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 from clip4str.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PreprocessConfig
 from clip4str.errors import ImageReadError
@@ -43,7 +46,9 @@ __all__ = [
     "load_image",
     "normalize_uint8",
     "preprocess",
+    "preprocess_array",
     "preprocess_one",
+    "preprocess_one_array",
     "resize",
     "to_rgb",
 ]
@@ -210,6 +215,8 @@ def resize(img: Image.Image, image_size: tuple[int, int], interpolation: str = "
 
 def normalize_uint8(pixels: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """uint8 (..., 3, H, W) → float32 ``(x / 255 - mean) / std``, with the official rounding."""
+    import torch
+
     x = pixels.float().div(255)
     shape = (3, 1, 1)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(shape)
@@ -217,23 +224,45 @@ def normalize_uint8(pixels: Tensor, mean: Sequence[float], std: Sequence[float])
     return (x - mean_t) / std_t
 
 
-def _to_uint8_chw(img: Image.Image) -> Tensor:
-    arr = np.asarray(to_rgb(img), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+def normalize_array(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 (..., 3, H, W) → float32 ``(x / 255 - mean) / std``: bit-equal to :func:`normalize_uint8`
+    (every step is one correctly rounded float32 operation in both)."""
+    x = pixels.astype(np.float32) / np.float32(255)
+    mean_a = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std_a = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    return (x - mean_a) / std_a
+
+
+def _to_uint8_chw(img: Image.Image) -> np.ndarray:
+    return np.asarray(to_rgb(img), dtype=np.uint8).transpose(2, 0, 1)
+
+
+def preprocess_one_array(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """One RGB image → (3, H, W) float32 array, resized and normalised as ``cfg`` says."""
+    return normalize_array(_to_uint8_chw(resize(img, cfg.image_size, cfg.interpolation)), cfg.mean, cfg.std)
+
+
+def preprocess_array(images: Sequence[Image.Image], cfg: PreprocessConfig) -> np.ndarray:
+    """RGB images → (N, 3, H, W) float32 array, each resized to ``cfg.image_size`` and normalised."""
+    if len(images) == 0:
+        h, w = cfg.image_size
+        return np.empty((0, 3, h, w), dtype=np.float32)
+    pixels = np.stack([_to_uint8_chw(resize(img, cfg.image_size, cfg.interpolation)) for img in images])
+    return normalize_array(pixels, cfg.mean, cfg.std)
 
 
 def preprocess_one(img: Image.Image, cfg: PreprocessConfig) -> Tensor:
-    """One RGB image → (3, H, W) float32, resized and normalised as ``cfg`` says (for dataset workers)."""
-    return normalize_uint8(_to_uint8_chw(resize(img, cfg.image_size, cfg.interpolation)), cfg.mean, cfg.std)
+    """One RGB image → (3, H, W) float32 tensor (:func:`preprocess_one_array`; for dataset workers)."""
+    import torch
+
+    return torch.from_numpy(preprocess_one_array(img, cfg))
 
 
 def preprocess(images: Sequence[Image.Image], cfg: PreprocessConfig) -> Tensor:
-    """RGB images → (N, 3, H, W) float32 tensor, each resized to ``cfg.image_size`` and normalised."""
-    if len(images) == 0:
-        h, w = cfg.image_size
-        return torch.empty((0, 3, h, w), dtype=torch.float32)
-    pixels = torch.stack([_to_uint8_chw(resize(img, cfg.image_size, cfg.interpolation)) for img in images])
-    return normalize_uint8(pixels, cfg.mean, cfg.std)
+    """RGB images → (N, 3, H, W) float32 tensor (:func:`preprocess_array`)."""
+    import torch
+
+    return torch.from_numpy(preprocess_array(images, cfg))
 
 
 class Preprocess:
