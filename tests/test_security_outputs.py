@@ -214,3 +214,56 @@ def test_read_draw_into_an_unwritable_folder_fails_first(tiny_model_dir, tmp_pat
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "--draw /proc/forbidden" in err and "clip4str: model" not in err
+
+
+def test_eval_outputs_never_overwrite_the_model(tiny_model_dir, tmp_path, capsys):
+    """Issue 24 item 2: `eval --model DIR --labels l.tsv --out DIR/model.safetensors` overwrote the model."""
+    from clip4str.cli import main
+
+    _photo(tmp_path / "a.png")
+    labels = tmp_path / "l.tsv"
+    labels.write_text("a.png\tx\n")
+    before = _snapshot(tiny_model_dir)
+    base = ["eval", "--model", str(tiny_model_dir), "--labels", str(labels), "--quiet"]
+    for name in ("model.safetensors", "config.json"):
+        for option in ("--out", "--errors"):
+            for extra in ([], ["--overwrite"]):
+                assert main([*base, option, str(tiny_model_dir / name), *extra]) == 1
+                err = capsys.readouterr().err
+                assert f"{option} " in err and "a file of the model (--model)" in err
+                assert "clip4str: model" not in err  # refused before the model loads
+    assert _snapshot(tiny_model_dir) == before
+
+
+def test_eval_scenes_out_never_overwrites_ground_truth(tiny_model_dir, tmp_path, capsys):
+    """Issue 24 item 2: `eval --scenes DIR --out DIR/Gts/gt_img_1.txt` overwrote a ground-truth file."""
+    from clip4str.cli import main
+
+    scenes = tmp_path / "scenes"
+    (scenes / "Imgs").mkdir(parents=True)
+    (scenes / "Gts").mkdir()
+    _photo(scenes / "Imgs" / "img_1.jpg")
+    gt = scenes / "Gts" / "gt_img_1.txt"
+    gt.write_text("0,0,30,0,30,20,0,20,word\n")
+    for extra in ([], ["--overwrite"]):
+        args = ["eval", "--model", str(tiny_model_dir), "--scenes", str(scenes), "--out", str(gt), *extra]
+        assert main(args) == 1
+        assert "ground-truth file of --scenes" in capsys.readouterr().err
+    assert gt.read_text() == "0,0,30,0,30,20,0,20,word\n"
+
+
+def test_eval_out_replaces_an_existing_report_only_with_overwrite(tiny_model_dir, tmp_path, capsys):
+    from clip4str.cli import main
+
+    _photo(tmp_path / "a.png")
+    labels = tmp_path / "l.tsv"
+    labels.write_text("a.png\tx\n")
+    out, errors = tmp_path / "r.json", tmp_path / "e.tsv"
+    out.write_text("an older report")
+    base = ["eval", "--model", str(tiny_model_dir), "--labels", str(labels), "--quiet", "--format", "json"]
+    assert main([*base, "--out", str(out), "--errors", str(errors)]) == 1
+    assert "give --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "an older report" and not errors.exists()
+    assert main([*base, "--out", str(out), "--errors", str(errors), "--overwrite"]) == 0
+    assert '"results"' in out.read_text() or "{" in out.read_text()
+    assert errors.read_text().startswith("dataset\tkey\tlabel")

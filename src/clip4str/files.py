@@ -350,11 +350,12 @@ class OutputGuard:
                 option, shown, f"cannot be written: {probe} is not writable ({err.strerror or err})"
             ) from None
 
-    def claim(self, path: str | os.PathLike[str], option: str = "output") -> Path:
+    def claim(self, path: str | os.PathLike[str], option: str = "output", *, parents: bool = False) -> Path:
         """Check now (before the slow work) that ``path`` may be written, and reserve it for ``option``.
 
         Raises :class:`~clip4str.errors.OutputError` when it is protected, a folder, exists (without
-        ``overwrite``), was claimed by another option, or its folder cannot be written. Returns the path.
+        ``overwrite``), was claimed by another option, or its folder is missing (unless ``parents``: then
+        it is made when the file is written) or cannot be written. Returns the path.
         """
         target = Path(path)
         resolved = self._check(target, option)
@@ -362,6 +363,13 @@ class OutputGuard:
         if other is not None:
             same = f"{other} names the same file" if other != option else "this file is named twice"
             raise self._refuse(option, target, f"{same}; give each output its own path")
+        if not parents and not target.parent.is_dir():
+            problem = "is not a folder" if os.path.lexists(target.parent) else "does not exist"
+            raise self._refuse(
+                option,
+                target,
+                f"cannot be written: {target.parent} {problem}; create it or choose another path",
+            )
         self._check_folder_writable(target.parent, option, target)
         self._claimed[resolved] = option
         return target
@@ -392,7 +400,7 @@ class OutputGuard:
         resolved = target.resolve()
         if resolved not in self._claimed:
             option = option or "output"
-            self.claim(target, option)
+            self.claim(target, option, parents=True)
         else:
             option = option or self._claimed[resolved]
             self._check(target, option)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 __all__ = ["add_scene_arguments", "run_scenes"]
 
@@ -53,10 +52,9 @@ def run_scenes(args: argparse.Namespace) -> int:
         print(f"{prog}: error: --limit must be >= 1, got {args.limit}", file=sys.stderr)
         return 2
     pairs = find_scenes(args.scenes)  # a malformed folder fails before the model loads
-    if args.out and (Path(args.out).is_dir() or not Path(args.out).resolve().parent.is_dir()):
-        raise ValueError(
-            f"--out {args.out}: not a writable file path (a directory, or its folder is missing)"
-        )
+    from clip4str.cli.eval import output_guard
+
+    guard = output_guard(args)  # --out: never over a photo or ground-truth file, nor the model
     detector = as_detector(None)
     args.charset_test = resolve_charset(args.charset) if args.charset else None
     recognizer = load_recognizer(args)
@@ -77,7 +75,7 @@ def run_scenes(args: argparse.Namespace) -> int:
     )
     from clip4str.cli.output import write_report
 
-    write_report(report.format(args.format), args.out, args.format, prog)
+    write_report(report.format(args.format), args.out, args.format, prog, guard)
     per = report.as_dict()["seconds_per_photo"]
     print(
         f"{prog}: {report.photos} photos, s/photo: "

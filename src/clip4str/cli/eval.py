@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clip4str.cli.read import add_decoding_arguments, load_recognizer
+
+if TYPE_CHECKING:
+    from clip4str.files import OutputGuard
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -19,31 +22,21 @@ def _dataset_names(values: list[str] | None) -> list[str] | None:
     return names or None
 
 
-def _same_file(a: str | Path, b: str | Path) -> bool:
-    a, b = Path(a), Path(b)
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
+def output_guard(args: argparse.Namespace) -> OutputGuard:
+    """The output guard of ``eval``, with --out and --errors claimed (before the model loads): never over
+    the label file, the dataset, the scenes' ground truth or the model; an existing file only with
+    --overwrite; not both options onto one file."""
+    from clip4str.files import OutputGuard
 
-
-def _check_outputs(args: argparse.Namespace) -> None:
-    """--out and --errors must be writable file paths that overwrite no input and not each other."""
-    inputs = [("--labels", args.labels), ("--model", args.model)]
+    guard = OutputGuard("clip4str eval", overwrite=args.overwrite)
+    guard.protect(args.labels, "the label file (--labels)")
+    guard.protect(args.data, "a file of the dataset (--data)")
+    guard.protect(getattr(args, "scenes", None), "a photo or ground-truth file of --scenes")
+    guard.protect_model(args.model)
     for option, target in (("--out", args.out), ("--errors", args.errors)):
-        if not target:
-            continue
-        if Path(target).is_dir() or not Path(target).resolve().parent.is_dir():
-            raise ValueError(
-                f"{option} {target}: not a writable file path (a directory, or its folder is missing)"
-            )
-        for name, source in inputs:
-            if source and _same_file(target, source):
-                raise ValueError(
-                    f"{option} {target} is the {name} file: it would be overwritten; write elsewhere"
-                )
-    if args.out and args.errors and _same_file(args.out, args.errors):
-        raise ValueError(f"--out and --errors name the same file ({args.out}); give two paths")
+        if target:
+            guard.claim(target, option)
+    return guard
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{prog}: error: label file not found: {args.labels}", file=sys.stderr)
         return 1
 
-    _check_outputs(args)
+    guard = output_guard(args)
     args.charset_test = charset  # the official evaluation gives the test charset to the model
     recognizer = load_recognizer(args)
     options = dict(
@@ -107,9 +100,15 @@ def run(args: argparse.Namespace) -> int:
 
     from clip4str.cli.output import write_report
 
-    write_report(report.format(args.format), args.out, args.format, prog)
+    write_report(report.format(args.format), args.out, args.format, prog, guard)
     if args.errors:
-        count = report.write_errors(args.errors)
+        count = 0
+
+        def write_errors(tmp: Path) -> None:
+            nonlocal count
+            count = report.write_errors(tmp)
+
+        guard.write(args.errors, write_errors, "--errors")
         print(f"{prog}: wrote {count} wrong prediction(s) to {args.errors}", file=sys.stderr)
     for name, result in report.results.items():
         if result.filtered:
@@ -183,6 +182,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--format", choices=FORMATS, default="table", help="report format (default: table)")
     report.add_argument("--out", metavar="FILE", help="write the report here instead of stdout")
     report.add_argument("--errors", metavar="FILE", help="write every wrong prediction here (TSV)")
+    report.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --out/--errors replace an existing file (never an input, the model or ground truth)",
+    )
     parser.add_argument("--workers", type=int, default=4, help="image decoding threads (default: 4)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     from clip4str.cli._scenes import add_scene_arguments

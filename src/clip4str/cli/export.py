@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     guard = OutputGuard("clip4str export", overwrite=args.overwrite)  # never the source: files.OutputGuard
     guard.protect_model(args.model, "MODEL")
     for name in (WEIGHTS_NAME, CONFIG_NAME):  # checked before the model loads
-        guard.claim(Path(args.out) / name, "OUT")
+        guard.claim(Path(args.out) / name, "OUT", parents=True)
     model = create_model(args.model, **parse_overrides(args.overrides))
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     out = save_model(model, args.out, dtype=dtype, guard=guard)

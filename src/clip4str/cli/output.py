@@ -19,7 +19,10 @@ import codecs
 import json
 import re
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from clip4str.files import OutputGuard
 
 __all__ = ["json_line", "parse_tsv_field", "tsv_field", "tsv_line"]
 
@@ -91,12 +94,12 @@ def json_line(obj: Any, stream: TextIO | None = None) -> str:
     return _JSON_ESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-def write_report(text: str, out: str | None, fmt: str, prog: str) -> None:
-    """A report to the ``out`` file (saying so on stderr), or to stdout."""
+def write_report(text: str, out: str | None, fmt: str, prog: str, guard: OutputGuard | None = None) -> None:
+    """A report to the ``out`` file through the output guard (saying so on stderr), or to stdout."""
     if out:
-        from pathlib import Path
+        from clip4str.files import OutputGuard
 
-        Path(out).write_text(text, encoding="utf-8")
+        (guard or OutputGuard(prog)).write_text(out, text, "--out")
         print(f"{prog}: wrote the {fmt} report to {out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
