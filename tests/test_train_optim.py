@@ -72,3 +72,16 @@ def test_optimizer_step_changes_only_trainable_parameters(model) -> None:
     opt.step()
     for n, p in model.named_parameters():
         assert torch.equal(before[n], p) != p.requires_grad, n
+
+
+def test_wsd_schedule_keeps_the_stable_phase_when_the_run_is_lengthened():
+    from clip4str.train.optim import wsd_factor
+
+    floor = 1e-4
+    short = [wsd_factor(s, 1000, 0.05, 0.2, floor) for s in range(800)]
+    longer = [wsd_factor(s, 1200, 0.05, 0.2, floor) for s in range(800)]
+    # warm-up lengths differ (5 % of each run); from there on both are at the peak until 800
+    assert short[60:800] == longer[60:800] == [1.0] * 740
+    assert short[0] == floor and short[25] < 1.0
+    end = [wsd_factor(s, 1000, 0.05, 0.2, floor) for s in (800, 900, 999, 1000)]
+    assert end[0] == 1.0 and 0.4 < end[1] < 0.6 and end[2] < 1e-3 and end[3] == floor

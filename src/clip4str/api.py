@@ -9,40 +9,29 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
-from clip4str.data.transforms import ImageSource, load_image, preprocess, preprocess_one
+from clip4str.data.transforms import ImageSource, load_image, preprocess
 from clip4str.decoding import DecodeOptions
+from clip4str.precision import choose_precision
 from clip4str.model.clip4str import CLIP4STR
+from clip4str.reading import BatchReader, Prediction, _as_list, _ordered_prefetch, predictions_from_probs
 
 if TYPE_CHECKING:
     from clip4str.config import ModelConfig
     from clip4str.explain import Explanation
 
-T = TypeVar("T")
+__all__ = ["Prediction", "Recognizer", "check_device", "load", "_as_list", "_ordered_prefetch"]
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # DecodeOptions.precision other than fp32
 
 
-@dataclass
-class Prediction:
-    """One image's reading: ``text``, ``confidence`` (product of ``char_probs``), and the per-position
-    probabilities of the read characters followed by that of the end-of-sequence token."""
-
-    text: str
-    confidence: float
-    char_probs: list[float] = field(default_factory=list)
-
-
-class Recognizer:
+class Recognizer(BatchReader):
     """A loaded CLIP4STR model with its preprocessing and decoding options.
 
     Args:
@@ -79,6 +68,8 @@ class Recognizer:
     def _usable(self, options: DecodeOptions) -> DecodeOptions:
         """``options`` once they are known to work here: fp16 needs CUDA; the text branch's vocabulary is
         loaded now (FileNotFoundError saying where it looked), not at the first read."""
+        if options.precision == "auto":
+            options = options.replace(precision=choose_precision(self.device).precision)
         if options.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' on CPU")
         if not options.visual_only and self.model.text_encoder is None:
@@ -128,28 +119,11 @@ class Recognizer:
 
     def predictions_from_logits(self, logits: Tensor) -> list[Prediction]:
         """Final logits (N, L, C) → one :class:`Prediction` per row (greedy, cut at the first EOS)."""
-        texts, probs = self.model.tokenizer.decode(logits.float().softmax(-1))
-        return [
-            Prediction(text=t, confidence=float(p.prod()), char_probs=[float(v) for v in p])
-            for t, p in zip(texts, probs)
-        ]
+        probs = logits.float().softmax(-1).cpu().numpy()
+        return predictions_from_probs(self.model.tokenizer, probs)
 
-    def read(
-        self, images: ImageSource | Sequence[ImageSource], batch_size: int | None = None
-    ) -> list[Prediction]:
-        """Read the text of one image or a sequence of images (paths, PIL images, bytes or arrays).
-
-        Raises :class:`~clip4str.errors.ImageReadError` for an unreadable file; use :meth:`read_files` to
-        skip and report bad files instead.
-        """
-        items = _as_list(images)
-        size = self.options.replace(batch_size=batch_size).batch_size
-        out: list[Prediction] = []
-        for start in range(0, len(items), size):
-            out.extend(
-                self.predictions_from_logits(self.logits(self.preprocess(items[start : start + size])))
-            )
-        return out
+    def _predict(self, pixels: np.ndarray) -> list[Prediction]:
+        return self.predictions_from_logits(self.logits(torch.from_numpy(pixels)))
 
     def explain(self, images: ImageSource | Sequence[ImageSource], figure: bool = True) -> list[Explanation]:
         """Read images and say where the final decoder looked for each character: per image an
@@ -158,86 +132,6 @@ class Recognizer:
         from clip4str.explain import explain
 
         return explain(self, images, figure=figure)
-
-    def read_files(
-        self,
-        paths: Iterable[str | Path],
-        batch_size: int | None = None,
-        workers: int = 4,
-    ) -> Iterator[tuple[str, Prediction | Exception]]:
-        """Read many files, yielding ``(path, prediction)`` in order, or ``(path, error)`` for a file that
-        cannot be read. Image decoding and preprocessing run in ``workers`` threads, overlapping the model.
-        """
-        yield from self.read_stream((str(p) for p in paths), batch_size=batch_size, workers=workers)
-
-    def read_stream(
-        self,
-        items: Iterable[T],
-        fetch: Callable[[T], Any] | None = None,
-        load: Callable[[Any], Image.Image] = load_image,
-        batch_size: int | None = None,
-        workers: int = 4,
-    ) -> Iterator[tuple[T, Prediction | Exception]]:
-        """Read a stream of images in batches, yielding ``(item, prediction)`` in order, or ``(item, error)``
-        for one that cannot be read. ``items`` is consumed as the results are: it may be endless.
-
-        ``fetch(item)`` runs in the calling thread (e.g. reading bytes from an LMDB, whose transactions stay
-        on one thread); ``load(fetched)`` → RGB image and the preprocessing run in ``workers`` threads,
-        about two batches ahead of the model.
-        """
-        size = self.options.replace(batch_size=batch_size).batch_size
-        cfg = self.config.preprocess
-
-        def fetched(item: T) -> Any:
-            try:
-                return item if fetch is None else fetch(item)
-            except Exception as err:  # noqa: BLE001 - reported to the caller with its item
-                return err
-
-        def prepare(data: Any) -> Tensor | Exception:
-            if isinstance(data, Exception):
-                return data
-            try:
-                return preprocess_one(load(data), cfg)
-            except Exception as err:  # noqa: BLE001 - reported to the caller with its item
-                return err
-
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            batch: list[tuple[T, Tensor]] = []
-            for item, pixels in _ordered_prefetch(pool, prepare, items, fetched, window=2 * size):
-                if isinstance(pixels, Exception):
-                    yield from self._flush(batch)
-                    batch = []
-                    yield item, pixels
-                    continue
-                batch.append((item, pixels))
-                if len(batch) == size:
-                    yield from self._flush(batch)
-                    batch = []
-            yield from self._flush(batch)
-
-    def read_photos(self, images: ImageSource | Sequence[ImageSource], detector: Any = None, **options: Any):
-        """Find and read the words of whole photos → one :class:`clip4str.detect.Photo` per image
-        (``path``, ``width``, ``height``, ``words`` in reading order, each with ``box``, ``text``,
-        ``confidence``). ``detector``: RapidOCR's by default (``pip install 'clip4str[detect]'``), any
-        object with ``detect(image) → quads`` or a function. Options: see :func:`clip4str.detect.read_photos`.
-        """
-        from clip4str.detect import read_photos
-
-        return read_photos(self, images, detector, **options)
-
-    def read_regions(self, image: ImageSource, boxes: Any, **options: Any):
-        """Read given boxes of one image (quads ``[[x, y] × 4]`` or ``[x0, y0, x1, y1]``) → one
-        :class:`clip4str.detect.Word` per box, in order. Needs no detector."""
-        from clip4str.detect import read_regions
-
-        return read_regions(self, image, boxes, **options)
-
-    def _flush(self, batch: list[tuple[T, Tensor]]) -> Iterator[tuple[T, Prediction]]:
-        if not batch:
-            return
-        preds = self.predictions_from_logits(self.logits(torch.stack([t for _, t in batch])))
-        yield from zip([p for p, _ in batch], preds)
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -260,34 +154,6 @@ def check_device(device: str | torch.device) -> torch.device:
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device {str(device)!r} is not supported: use cpu, cuda, cuda:N or mps")
     return dev
-
-
-def _ordered_prefetch(
-    pool: ThreadPoolExecutor,
-    work: Callable[[Any], Any],
-    items: Iterable[T],
-    fetch: Callable[[T], Any],
-    window: int,
-) -> Iterator[tuple[T, Any]]:
-    """``(item, work(fetch(item)))`` in order: ``fetch`` on this thread as items are pulled, ``work`` in
-    ``pool``, with at most ``window`` items pulled ahead of the consumer."""
-    pending: deque[tuple[T, Any]] = deque()
-    for item in items:
-        pending.append((item, pool.submit(work, fetch(item))))
-        if len(pending) >= window:
-            done, future = pending.popleft()
-            yield done, future.result()
-    while pending:
-        done, future = pending.popleft()
-        yield done, future.result()
-
-
-def _as_list(images: Any) -> list[Any]:
-    if isinstance(images, (str, Path, bytes, bytearray, memoryview)) or not isinstance(images, Sequence):
-        if hasattr(images, "ndim") and getattr(images, "ndim", 0) == 4:  # a batch array
-            return list(images)
-        return [images]
-    return list(images)
 
 
 def load(

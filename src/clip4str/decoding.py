@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from clip4str.config import ModelConfig
 
 MODES = ("ar", "nar")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class DecodeOptions:
         charset_test: characters the visual prediction is restricted to before it becomes the caption read
             by the text encoder (changes the cross-modal logits, as the official evaluation does); None: the
             model's own (``config.charset_test``, else ``charset_train``).
-        precision: 'fp32', 'bf16' or 'fp16' autocast (used by :class:`~clip4str.api.Recognizer`).
+        precision: 'fp32', 'bf16' or 'fp16' autocast, or 'auto': the fastest on the device, measured
+            (:func:`clip4str.precision.choose_precision`; a Recognizer replaces it by its choice).
         batch_size: images per forward pass (used by :class:`~clip4str.api.Recognizer`).
     """
 
@@ -38,7 +39,7 @@ class DecodeOptions:
     refine_iters: int = 1
     visual_only: bool = False
     charset_test: str | None = None
-    precision: str = "fp32"
+    precision: str = "auto"
     batch_size: int = 32
 
     def __post_init__(self) -> None:

@@ -36,7 +36,12 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, batch_size: bool = T
         help="cloze refinement iterations (default: the model's, 1 for released models)",
     )
     parser.add_argument("--visual-only", action="store_true", help="use the visual branch alone")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default=None,
+        help="autocast precision (default auto: bf16 only where this machine computes it natively and faster)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (for long GPU runs)")
     parser.add_argument(
         "--set",

@@ -47,10 +47,11 @@ __all__ = [
     "parse_init",
 ]
 
-PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "bf16-true")  # auto: clip4str.precision
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
 LR_SCALINGS = ("official", "none")
+SCHEDULES = ("onecycle", "wsd")
 # The official code scales the base learning rate by (devices x batch x accumulation) / 512.
 LR_REFERENCE_BATCH = 512
 
@@ -93,6 +94,11 @@ class OptimConfig:
     grad_clip: float = 20.0  # max gradient norm; 0 disables
     div_factor: float = 25.0  # OneCycle: initial lr = max lr / div_factor
     final_div_factor: float = 1e4  # OneCycle: final lr = initial lr / final_div_factor
+    # 'onecycle' (official): warm-up then cosine anneal over the whole run. 'wsd': warm-up, a constant peak,
+    # then a cosine decay over the last ``decay_pct`` of the steps; until the decay starts, max_steps can be
+    # changed without changing any step already taken (a long run over sessions can be lengthened or cut).
+    schedule: str = "onecycle"
+    decay_pct: float = 0.2
 
 
 @dataclass
@@ -206,6 +212,13 @@ class TrainConfig(JsonConfig):
             )
         if not 0 < o.warmup_pct < 1:
             raise ConfigError(f"optim.warmup_pct must be in (0, 1), got {o.warmup_pct}")
+        _check_choice("optim.schedule", o.schedule, SCHEDULES)
+        check_number("optim.decay_pct", o.decay_pct, 0.0, 1.0)
+        if o.schedule == "wsd" and o.warmup_pct + o.decay_pct > 1:
+            raise ConfigError(
+                f"optim.warmup_pct + optim.decay_pct must be <= 1 for the wsd schedule, got "
+                f"{o.warmup_pct} + {o.decay_pct}"
+            )
         if o.grad_clip < 0:
             raise ConfigError(f"optim.grad_clip must be >= 0 (0 disables clipping), got {o.grad_clip}")
         if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):

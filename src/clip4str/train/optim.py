@@ -11,9 +11,11 @@ decoders' position queries and character embeddings; CLIP's token and positional
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import OneCycleLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 from clip4str.train.config import TrainConfig
 
@@ -64,10 +66,41 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(param_groups, lr=lrs[0], betas=tuple(o.betas), eps=o.eps)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> OneCycleLR:
-    """OneCycleLR stepped once per optimizer step: warm-up ``warmup_pct`` of ``total_steps``, cosine
-    anneal, no momentum cycling (official settings)."""
+def wsd_factor(step: int, total_steps: int, warmup_pct: float, decay_pct: float, floor: float) -> float:
+    """The warm-up / stable / decay multiplier of the peak learning rate at ``step`` (0-based).
+
+    Linear from ``floor`` to 1 over the first ``warmup_pct`` of the steps, 1 until the last ``decay_pct``,
+    then a cosine from 1 down to ``floor``. Steps before the decay depend on ``total_steps`` only through
+    the warm-up length, so a run may be lengthened or shortened while it is still in the stable phase.
+    """
+    warmup = max(1, round(warmup_pct * total_steps))
+    decay_start = total_steps - round(decay_pct * total_steps)
+    if step < warmup:
+        return floor + (1 - floor) * step / warmup
+    if step < decay_start:
+        return 1.0
+    t = min(1.0, (step - decay_start) / max(1, total_steps - decay_start))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> LRScheduler:
+    """The learning-rate schedule, stepped once per optimizer step.
+
+    ``optim.schedule='onecycle'`` (official): OneCycleLR with warm-up ``warmup_pct`` of ``total_steps``, cosine
+    anneal, no momentum cycling. ``'wsd'``: :func:`wsd_factor` times each group's peak rate, from
+    ``peak / div_factor`` up and back down to ``peak / (div_factor x final_div_factor)``.
+    """
     total_steps = max(total_steps, 2)
+    o = cfg.optim
+    if o.schedule == "wsd":
+        floor = 1.0 / (o.div_factor * o.final_div_factor)
+        for group, peak in zip(optimizer.param_groups, peak_learning_rates(cfg)):
+            group["lr"] = group["initial_lr"] = peak
+
+        def factor(step: int) -> float:
+            return wsd_factor(step, total_steps, o.warmup_pct, o.decay_pct, floor)
+
+        return LambdaLR(optimizer, factor)
     pct = cfg.optim.warmup_pct
     if float(pct * total_steps) - 1 == 0:  # torch divides by (warm-up steps - 1): avoid exactly zero
         pct += 1e-6

@@ -239,12 +239,15 @@ class Trainer:
             import torch
 
             torch.set_num_threads(cfg.threads)
+        from clip4str.precision import training_precision
+
+        self.precision, self.precision_reason = training_precision(cfg.precision, cfg.accelerator)
         fabric = Fabric(
             accelerator=cfg.accelerator,
             strategy=cfg.strategy,
             devices=cfg.devices,
             num_nodes=cfg.num_nodes,
-            precision=cfg.precision,
+            precision=self.precision,
         )
         with _StopRequest() as stop:
             self._stop = stop
@@ -324,7 +327,8 @@ class _Session:
         self.say(
             f"{self.world} device(s) x batch {cfg.batch_size} x accumulate {acc} = {cfg.global_batch_size} "
             f"images/step; {steps_per_epoch} steps/epoch, {self.total_steps} steps; peak lr {cfg.scaled_lr:.3g} "
-            f"(decoders {cfg.scaled_lr * cfg.optim.decoder_lr_factor:.3g}); precision {cfg.precision}"
+            f"(decoders {cfg.scaled_lr * cfg.optim.decoder_lr_factor:.3g}); precision {trainer.precision} "
+            f"({trainer.precision_reason})"
         )
 
         # --- optimisation
