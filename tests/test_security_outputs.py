@@ -3,7 +3,9 @@ file, or replaces a file it did not write without --overwrite."""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 
 import pytest
 
@@ -267,3 +269,36 @@ def test_eval_out_replaces_an_existing_report_only_with_overwrite(tiny_model_dir
     assert main([*base, "--out", str(out), "--errors", str(errors), "--overwrite"]) == 0
     assert '"results"' in out.read_text() or "{" in out.read_text()
     assert errors.read_text().startswith("dataset\tkey\tlabel")
+
+
+def test_explain_out_onto_its_input_is_refused(tiny_model_dir, tmp_path, capsys):
+    """Issue 24 item 3: `explain IMG --out IMG` replaced the input with the figure, silently, exit 0."""
+    from clip4str.cli import main
+
+    img = _photo(tmp_path / "word.png")
+    before = img.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        assert main(["explain", str(img), "--model", str(tiny_model_dir), "--out", str(img), *extra]) == 1
+        err = capsys.readouterr().err
+        assert "--out" in err and "the input image" in err and "clip4str: model" not in err
+    assert img.read_bytes() == before
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file names")
+def test_explain_output_is_escaped_like_read(tiny_model_dir, tmp_path, capsys):
+    """Issue 24 item 11: explain printed raw names (a newline split the line, --json held invalid UTF-8 and
+    a surrogate aborted it); it now uses read's output writer."""
+    from clip4str.cli import main
+    from clip4str.cli.output import parse_tsv_field
+
+    folder = os.fsencode(tmp_path)
+    raw = folder + b"/two\nlines\t\xff.png"
+    _photo(os.fsdecode(raw))
+    name = os.fsdecode(raw)
+    assert main(["explain", name, "--model", str(tiny_model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and parse_tsv_field(out.split("\t")[0]) == name
+    assert main(["explain", name, "--model", str(tiny_model_dir), "--json"]) == 0
+    data = capsys.readouterr().out.encode("utf-8")  # valid UTF-8 text ...
+    record = json.loads(data)
+    assert data.count(b"\n") == 1 and os.fsencode(record["path"]) == raw  # ... naming the same bytes
