@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from clip4str.config import MAX_REFINE_ITERS
 
 if TYPE_CHECKING:
@@ -78,3 +80,17 @@ class DecodeOptions:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def cloze_mask_array(num_steps: int) -> np.ndarray:
+    """(num_steps, num_steps) float32 additive mask of refinement: query i hides only content i + 1 (its
+    own target). Shared by the PyTorch model and the ONNX reader."""
+    mask = np.zeros((num_steps, num_steps), dtype=np.float32)
+    idx = np.arange(num_steps - 1)
+    mask[idx, idx + 1] = -np.inf
+    return mask
+
+
+def causal_mask_array(size: int) -> np.ndarray:
+    """(size, size) float32 additive mask: position i sees 0..i."""
+    return np.triu(np.full((size, size), -np.inf, dtype=np.float32), 1)

@@ -1,4 +1,5 @@
-"""``clip4str export``: any supported checkpoint → the package's own format (optionally at half precision)."""
+"""``clip4str export``: any supported checkpoint → the package's own format (optionally at half precision),
+or ONNX graphs with a manifest (``--format onnx``, optionally ``--int8``) for the torch-free reader."""
 
 from __future__ import annotations
 
@@ -30,6 +31,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace model files already in OUT (never the source model)"
     )
+    parser.add_argument(
+        "--format",
+        choices=("safetensors", "onnx"),
+        default="safetensors",
+        help="safetensors (default) or onnx: graphs + manifest.json for `clip4str read --runtime onnx` and "
+        "the torch-free reader (docs/deploy.md); an existing non-empty OUT is refused without --overwrite",
+    )
+    parser.add_argument("--int8", action="store_true", help="with --format onnx: dynamic int8 quantization")
+    parser.add_argument(
+        "--visual-only", action="store_true", help="with --format onnx: no text branch (e.g. non-CLIP text encoders)"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -43,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
 
     guard = OutputGuard("clip4str export", overwrite=args.overwrite)  # never the source: files.OutputGuard
     guard.protect_model(args.model, "MODEL")
+    if args.format == "onnx":
+        from clip4str.deploy.onnx_export import run_export
+
+        return run_export(args, guard)
+    if args.int8 or args.visual_only:
+        raise ValueError("--int8 and --visual-only need --format onnx")
     for name in (WEIGHTS_NAME, CONFIG_NAME):  # checked before the model loads
         guard.claim(Path(args.out) / name, "OUT", parents=True)
     model = create_model(args.model, **parse_overrides(args.overrides))

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from clip4str.charset import CharsetAdapter, CharTokenizer
 from clip4str.clip.model import CLIP
 from clip4str.config import ModelConfig
-from clip4str.decoding import DecodeOptions
+from clip4str.decoding import DecodeOptions, causal_mask_array, cloze_mask_array
 from clip4str.model.decoder import Decoder
 from clip4str.model.permutations import attention_masks, generate_permutations
 
@@ -64,14 +64,11 @@ class SpeedOptions:
 
 def cloze_mask(num_steps: int, device: torch.device) -> Tensor:
     """(num_steps, num_steps) additive mask where query i hides only content i + 1 (its own target)."""
-    mask = torch.zeros(num_steps, num_steps, device=device)
-    idx = torch.arange(num_steps - 1, device=device)
-    mask[idx, idx + 1] = float("-inf")
-    return mask
+    return torch.from_numpy(cloze_mask_array(num_steps)).to(device)
 
 
 def causal_mask(size: int, device: torch.device) -> Tensor:
-    return torch.full((size, size), float("-inf"), device=device).triu(1)
+    return torch.from_numpy(causal_mask_array(size)).to(device)
 
 
 class CLIP4STR(nn.Module):
