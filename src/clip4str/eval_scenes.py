@@ -96,8 +96,10 @@ _GT_LINE = re.compile(r"^\s*" + r"\s*,\s*".join([r"(-?\d+(?:\.\d+)?)"] * 8) + r"
 
 def load_gt(path: str | Path) -> list[GtWord]:
     """An ICDAR 2015 ground-truth file → its regions. Raises DatasetError naming the file and bad line."""
+    from clip4str.files import MAX_CONFIG_BYTES, read_text_file
+
     words = []
-    text = Path(path).read_text(encoding="utf-8-sig")
+    text = read_text_file(path, "ground-truth file", DatasetError, max_bytes=MAX_CONFIG_BYTES)
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -187,6 +189,7 @@ class SceneReport:
     seconds: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     per_photo: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"image", "error"} of unreadable photos
 
     def as_dict(self) -> dict[str, Any]:
         per = {k: v / self.photos if self.photos else 0.0 for k, v in self.seconds.items()}
@@ -195,6 +198,7 @@ class SceneReport:
             "end_to_end": _rounded(self.counts.end_to_end),
             "counts": asdict(self.counts),
             "photos": self.photos,
+            "skipped": len(self.skipped),
             "seconds_per_photo": _rounded(per, 4),
             "settings": self.settings,
         }
@@ -217,6 +221,8 @@ class SceneReport:
             f"{d['photos']} photos, {c['gt']} words, {c['det']} detections, {c['matched']} matched, "
             f"{c['correct']} read right; s/photo: {speed}"
         )
+        if d["skipped"]:
+            foot += f"; {d['skipped']} photo(s) could not be read (their words count as missed)"
         if fmt == "markdown":
             lines = ["| task | precision | recall | hmean |", "|---|---:|---:|---:|"]
             lines += [f"| {n} | {p:.2f} | {r:.2f} | {h:.2f} |" for n, p, r, h in rows]
@@ -242,31 +248,38 @@ def evaluate_scenes(
 ) -> SceneReport:
     """Detect and read every photo of an ICDAR 2015 folder with ``reader`` (a Recognizer) and score it.
 
-    ``read_options`` go to :func:`clip4str.detect.read_photos` (e.g. ``orientation``); the detector is
-    RapidOCR's unless given.
+    ``read_options`` go to :func:`clip4str.detect.iter_photos` (e.g. ``orientation``); the detector is
+    RapidOCR's unless given. A photo that cannot be read (truncated, not an image, too many pixels) is
+    skipped and counted in ``skipped``: its ground-truth words count as missed, the other photos go on.
     """
-    from clip4str.detect import read_photos_timed
+    from clip4str.detect import iter_photos
 
     pairs = find_scenes(root)[:limit]
     gts = [load_gt(gt) for _, gt in pairs]
     total = SceneCounts()
     seconds: dict[str, float] = {}
-    per_photo = []
+    per_photo: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
     from clip4str.progress import ProgressBar
 
     start = time.perf_counter()
+    photos = iter_photos(
+        reader,
+        [str(p) for p, _ in pairs],
+        detector,
+        photos_per_batch=photos_per_batch,
+        timer=seconds,
+        **read_options,
+    )
     with ProgressBar(total=len(pairs), desc="scenes", unit="photo", enabled=progress, leave=False) as bar:
-        for lo in range(0, len(pairs), photos_per_batch):
-            chunk = pairs[lo : lo + photos_per_batch]
-            photos, times = read_photos_timed(
-                reader, [str(p) for p, _ in chunk], detector=detector, **read_options
-            )
-            for k, v in times.items():
-                seconds[k] = seconds.get(k, 0.0) + v
-            for (img, _), gt, photo in zip(chunk, gts[lo : lo + photos_per_batch], photos):
+        for (img, _), gt, (_, photo) in zip(pairs, gts, photos):
+            if isinstance(photo, Exception):  # skipped and counted: its words count as missed
+                skipped.append({"image": str(img), "error": str(photo)})
+                counts, _ = score_photo(gt, [])
+            else:
                 counts, _ = score_photo(gt, [w.box for w in photo.words], [w.text for w in photo.words])
-                total.add(counts)
-                per_photo.append({"image": img.name, **asdict(counts)})
-            bar.update(len(chunk))
+            total.add(counts)
+            per_photo.append({"image": img.name, **asdict(counts)})
+            bar.update(1)
     seconds["total"] = time.perf_counter() - start
-    return SceneReport(counts=total, photos=len(pairs), seconds=seconds, per_photo=per_photo)
+    return SceneReport(counts=total, photos=len(pairs), seconds=seconds, per_photo=per_photo, skipped=skipped)

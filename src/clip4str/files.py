@@ -25,6 +25,8 @@ from pathlib import Path
 from clip4str.errors import OutputError
 
 __all__ = [
+    "MAX_BOX_FILE_BYTES",
+    "MAX_CONFIG_BYTES",
     "MAX_IMAGE_BYTES",
     "MAX_TEXT_BYTES",
     "OutputGuard",
@@ -35,7 +37,9 @@ __all__ = [
 ]
 
 MAX_IMAGE_BYTES = 256 << 20  # one image file; word crops are kilobytes, scene photos megabytes
-MAX_TEXT_BYTES = 4 << 30  # label files, vocabularies, configs (RBU's 6.5M labels take ~0.3 GB)
+MAX_TEXT_BYTES = 4 << 30  # label files and vocabularies (RBU's 6.5M labels take ~0.3 GB)
+MAX_CONFIG_BYTES = 16 << 20  # configs, charsets, one photo's ground truth
+MAX_BOX_FILE_BYTES = 256 << 20  # --boxes files (the --detect --json output of ~100k photos)
 
 
 def _size_text(n: int) -> str:

@@ -25,7 +25,7 @@ def run_scenes(args: argparse.Namespace) -> int:
     from clip4str.charset import resolve_charset
     from clip4str.cli.read import load_recognizer
     from clip4str.detect import as_detector
-    from clip4str.eval_scenes import evaluate_scenes, find_scenes
+    from clip4str.eval_scenes import evaluate_scenes, find_scenes, load_gt
 
     prog = "clip4str eval"
     clash = [
@@ -52,6 +52,8 @@ def run_scenes(args: argparse.Namespace) -> int:
         print(f"{prog}: error: --limit must be >= 1, got {args.limit}", file=sys.stderr)
         return 2
     pairs = find_scenes(args.scenes)  # a malformed folder fails before the model loads
+    for _, gt in pairs[: args.limit]:
+        load_gt(gt)  # so does a ground-truth file that is not UTF-8 or not ICDAR lines
     from clip4str.cli.eval import output_guard
 
     guard = output_guard(args)  # --out: never over a photo or ground-truth file, nor the model
@@ -76,6 +78,13 @@ def run_scenes(args: argparse.Namespace) -> int:
     from clip4str.cli.output import write_report
 
     write_report(report.format(args.format), args.out, args.format, prog, guard)
+    if report.skipped:
+        first = report.skipped[0]
+        print(
+            f"{prog}: warning: {len(report.skipped)} photo(s) could not be read and were skipped (their words "
+            f"count as missed); first: {first['image']}: {first['error']}",
+            file=sys.stderr,
+        )
     per = report.as_dict()["seconds_per_photo"]
     print(
         f"{prog}: {report.photos} photos, s/photo: "

@@ -35,11 +35,10 @@ def load_box_file(path: str | Path, images: list[str] | None = None) -> list[tup
     ``images``: the image paths given on the command line; a text box file needs exactly one, a JSON
     box file none. Raises DatasetError naming the file and line of any problem.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{path}: cannot read the box file: {err}") from err
+    from clip4str import files
+
+    path = Path(path)  # the one regular-file reader: never a FIFO, a device or a folder, bounded in size
+    text = files.read_text_file(path, "box file", DatasetError, max_bytes=files.MAX_BOX_FILE_BYTES)
     images = images or []
     if text.lstrip()[:1] in ("{", "["):
         if images:
