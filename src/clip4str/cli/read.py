@@ -53,6 +53,16 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, batch_size: bool = T
     )
 
 
+def add_runtime_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--runtime",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="torch (default) or onnx: ONNX Runtime, no PyTorch needed; --model is then an export folder "
+        "(`clip4str export MODEL DIR --format onnx`), or a model exported once into a cache (docs/deploy.md)",
+    )
+
+
 def decoding_changes(args: argparse.Namespace) -> dict:
     """The decoding options the arguments of :func:`add_decoding_arguments` (and ``--charset-test``) set:
     :class:`~clip4str.decoding.DecodeOptions` fields, None where the model's own value stays."""
@@ -70,7 +80,13 @@ def decoding_changes(args: argparse.Namespace) -> dict:
 
 
 def load_recognizer(args: argparse.Namespace):
-    """Build the recognizer the decoding arguments describe."""
+    """Build the recognizer the decoding arguments describe (``--runtime onnx``: the torch-free reader)."""
+    if getattr(args, "runtime", "torch") == "onnx":
+        from clip4str.deploy.onnx_reader import load_onnx_for_cli
+
+        reader = load_onnx_for_cli(args, decoding_changes(args))
+        print(f"clip4str: model {reader.name}", file=sys.stderr)
+        return reader
     import clip4str
 
     reader = clip4str.load(
@@ -161,6 +177,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("paths", nargs="*", metavar="PATH", help="image file, folder or glob")
     add_decoding_arguments(parser)
+    add_runtime_argument(parser)
     parser.add_argument(
         "--charset-test",
         default=None,

@@ -41,6 +41,20 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def source_fingerprint(path: str | Path) -> str:
+    """SHA-256 of a model's weights file, or of the files of a model folder (names and bytes, sorted)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            digest.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 def graph_file(graph: str) -> str:
     return f"{graph}.onnx"
 

@@ -22,7 +22,6 @@ has ended instead of running all 26 steps.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import sys
 import warnings
@@ -39,6 +38,7 @@ from clip4str.deploy.manifest import (
     MANIFEST_NAME,
     graph_file,
     sha256_bytes,
+    source_fingerprint,
     write_manifest_text,
 )
 from clip4str.errors import CheckpointError
@@ -200,20 +200,6 @@ def export_graphs(
         data = _export(DecoderGraph(decoder), args, inputs, ["logits"], dynamic)
         out[graph] = (data, inputs, ["logits"])
     return out
-
-
-def source_fingerprint(path: str | Path) -> str:
-    """SHA-256 of a model's weights file, or of the files of a model folder (names and bytes, sorted)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if path.is_dir():
-            digest.update(f.name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def build_manifest(

@@ -273,3 +273,24 @@ class OnnxRecognizer(BatchReader):
 def load_onnx(folder: str | Path, options: DecodeOptions | None = None, **kwargs: Any) -> OnnxRecognizer:
     """:class:`OnnxRecognizer` of an export folder (see its arguments)."""
     return OnnxRecognizer(folder, options, **kwargs)
+
+
+def load_onnx_for_cli(args: Any, changes: dict[str, Any]) -> OnnxRecognizer:
+    """The ONNX reader ``--runtime onnx`` asks for: ``--model`` an export folder, else a release name or
+    checkpoint exported once into the cache (:func:`clip4str.deploy.cache.onnx_folder`); ``--device``
+    cpu or cuda picks ONNX Runtime's provider."""
+    from clip4str.deploy.cache import onnx_folder
+
+    if getattr(args, "compile", False) or getattr(args, "overrides", None):
+        raise ValueError("--compile and --set do not apply to --runtime onnx (export with them instead)")
+    device = str(getattr(args, "device", "cpu") or "cpu")
+    if device == "cpu":
+        providers = ["CPUExecutionProvider"]
+    elif device.startswith("cuda"):
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    else:
+        raise ValueError(f"--device {device} with --runtime onnx: use cpu or cuda")
+    if changes.get("precision") in ("auto", None):
+        changes = {**changes, "precision": None}
+    folder = onnx_folder(getattr(args, "model", None))
+    return OnnxRecognizer(folder, providers=providers, **changes)
