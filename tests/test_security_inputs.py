@@ -171,3 +171,40 @@ def test_a_ground_truth_fifo_is_refused(tiny_model_dir, tmp_path, capsys):
             load_gt(gt)
     finally:
         timer.cancel()
+
+
+# ------------------------------------------------------------------------------------ item 7: configs
+@posix_only
+def test_every_named_config_goes_through_the_regular_file_reader(tiny_model_dir, tmp_path):
+    """Issue 24 item 7: one input reader for every file the user names; a config that is a FIFO or a link
+    to /dev/zero is refused at once (a FIFO used to hang, or be silently skipped)."""
+    import shutil
+
+    from clip4str.charset import resolve_charset
+    from clip4str.config import ConfigError, ModelConfig
+    from clip4str.errors import CheckpointError
+    from clip4str.presets import load_variant
+    from clip4str.weights import read_checkpoint
+
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.json"
+    zero.symlink_to("/dev/zero")
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "config.json").unlink()
+    timer = _hang_guard()
+    try:
+        for bad, kind in ((fifo, "FIFO"), (zero, "a device")):
+            with pytest.raises(ValueError, match=f"charset file .*{kind}"):
+                resolve_charset("@" + str(bad))
+            with pytest.raises(ConfigError, match=f"config file .*{kind}"):
+                ModelConfig.from_json(bad)
+            with pytest.raises(ConfigError, match=f"variant file .*{kind}"):
+                load_variant(str(bad))
+            (model / "config.json").unlink(missing_ok=True)
+            (model / "config.json").symlink_to(bad)
+            with pytest.raises(CheckpointError, match=f"model config .*{kind}"):
+                read_checkpoint(model)
+    finally:
+        timer.cancel()

@@ -50,10 +50,13 @@ def resolve_charset(spec: str) -> str:
     if spec in PRESETS:
         return PRESETS[spec]
     if spec.startswith("@") or (len(spec) < 4096 and "\n" not in spec and Path(spec).is_file()):
-        path = Path(spec.lstrip("@"))
-        if not path.is_file():
+        from clip4str.files import MAX_CONFIG_BYTES, read_text_file
+
+        path = Path(spec.lstrip("@"))  # the one regular-file reader: never a FIFO or device, bounded
+        if not path.exists():
             raise FileNotFoundError(f"charset file not found: {path}")
-        text = path.read_text(encoding="utf-8").replace("\r", "").replace("\n", "")
+        text = read_text_file(path, "charset file", ValueError, "utf-8", MAX_CONFIG_BYTES)
+        text = text.replace("\r", "").replace("\n", "")
         origin = f"charset file {path}"
     else:
         text = spec

@@ -90,7 +90,9 @@ class JsonConfig:
         """From a JSON string or a path to a JSON file."""
         text = str(path_or_text)
         if not text.lstrip().startswith("{"):
-            text = Path(path_or_text).read_text(encoding="utf-8")
+            from clip4str.files import MAX_CONFIG_BYTES, read_text_file
+
+            text = read_text_file(path_or_text, "config file", ConfigError, "utf-8", MAX_CONFIG_BYTES)
         return cls.from_dict(parse_json(text, str(path_or_text)[:200]))  # type: ignore[attr-defined]
 
 

@@ -258,8 +258,10 @@ def _read_variant(name_or_path: str | Path) -> dict[str, Any]:
     key = str(name_or_path)
     if key in files:
         text, source = files[key].read_text(encoding="utf-8"), f"variant {key!r}"
-    elif key.endswith(".json") and Path(key).is_file():
-        text, source = Path(key).read_text(encoding="utf-8"), key
+    elif key.endswith(".json") and Path(key).exists():
+        from clip4str.files import MAX_CONFIG_BYTES, read_text_file
+
+        text, source = read_text_file(key, "variant file", ConfigError, "utf-8", MAX_CONFIG_BYTES), key
     else:
         raise ConfigError(
             f"unknown model variant {key!r}; shipped variants: {', '.join(sorted(files)) or 'none'} (or give a "

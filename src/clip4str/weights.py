@@ -180,6 +180,13 @@ def _safetensors_config(path: Path) -> ModelConfig | None:
     return _config_from_json(text, path) if text else None
 
 
+def _read_config_text(path: Path) -> str:
+    """A model's ``config.json`` through the one regular-file reader (no FIFO or device, at most 16 MiB)."""
+    from clip4str.files import MAX_CONFIG_BYTES, read_text_file
+
+    return read_text_file(path, "model config", CheckpointError, "utf-8", MAX_CONFIG_BYTES)
+
+
 def _config_from_json(text: str, source: Path) -> ModelConfig:
     try:
         data = parse_json(text, f"{source}: config")
@@ -211,8 +218,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
             )
         sd = read_tensor_file(weights)
         config = (
-            _config_from_json(config_file.read_text(encoding="utf-8"), config_file)
-            if config_file.is_file()
+            _config_from_json(_read_config_text(config_file), config_file)
+            if os.path.lexists(config_file)
             else _safetensors_config(weights)
         )
         if config is None:
@@ -226,7 +233,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
         config = _safetensors_config(path)
         sibling = path.with_name(CONFIG_NAME)
         if config is None and sibling.is_file():
-            config = _config_from_json(sibling.read_text(encoding="utf-8"), sibling)
+            config = _config_from_json(_read_config_text(sibling), sibling)
         return sd, None, config
     if kind == "torchscript":
         raise CheckpointError(

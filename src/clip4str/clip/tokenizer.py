@@ -130,7 +130,9 @@ def find_bpe_vocab(bpe_path: str | os.PathLike[str] | None = None) -> Path:
 
 
 def _read_merges(path: Path) -> list[tuple[str, str]]:
-    raw = path.read_bytes()
+    from clip4str.files import read_regular_file
+
+    raw = read_regular_file(path, 64 << 20, "CLIP BPE vocabulary", FileNotFoundError)
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
