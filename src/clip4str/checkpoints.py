@@ -39,7 +39,7 @@ from clip4str.errors import CheckpointError
 from clip4str.model.clip4str import CLIP4STR
 
 # The weight I/O lives in clip4str.weights; these names stay importable from here.
-from clip4str.weights import load_state_dict_strict, read_checkpoint, save_model
+from clip4str.weights import check_state_dict, load_state_dict_strict, read_checkpoint, save_model
 
 __all__ = [
     "build_for_weights",
@@ -256,7 +256,16 @@ def load_model(
             config = apply_overrides(config, overrides)
         except ConfigError as err:
             raise CheckpointError(f"{path}: {err}") from err
+    check_state_dict(expected_shapes(config), sd, str(path))  # names and shapes first: nothing built yet
     model = build_for_weights(config)
     weights = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     load_state_dict_strict(model, weights, str(path))
     return model.to(map_location).eval()
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, torch.Size]:
+    """Name → shape of every tensor a model of ``config`` loads, from a model built on the meta device (no
+    memory for its weights), so that a file is compared with the config before anything is allocated."""
+    with torch.device("meta"):
+        model = build_for_weights(config)
+    return {k: v.shape for k, v in model.state_dict().items()}

@@ -12,6 +12,7 @@ records its pickled state (how Lightning checkpoints' OmegaConf hyper-parameters
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import pickle
@@ -32,6 +33,7 @@ __all__ = ["Opaque", "UnsafePickleError", "load_pickle", "plain", "module_tensor
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 _MAX_COMPRESSED_PICKLE = 256 << 20  # a deflated data.pkl may expand to at most this many bytes
+_MAX_REPEATED_VIEW = 1 << 20  # a tensor may view its storage repeatedly (stride 0) only up to this size
 
 
 class UnsafePickleError(CheckpointError):
@@ -128,6 +130,13 @@ def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: Any = None
     if extent * item > storage.data.numel():
         raise pickle.UnpicklingError(
             f"a tensor of size {size} reaches past the end of its storage record ({storage.data.numel()} bytes)"
+        )
+    logical = math.prod(size) * item
+    if logical > max(storage.data.numel(), _MAX_REPEATED_VIEW):
+        raise pickle.UnpicklingError(
+            f"a tensor of size {size} and stride {stride} views its {storage.data.numel()}-byte storage "
+            f"record as {logical:,} bytes (zero or overlapping strides); refused, as copying it would take "
+            "that much memory"
         )
     out = torch.empty(0, dtype=dtype)
     if storage.data.numel():
@@ -315,12 +324,18 @@ def _load_legacy(path: Path, f: BinaryIO, allow_objects: bool) -> Any:
             f"{path} was written on a big-endian machine; re-save it on a little-endian one"
         )
     roots: dict[str, tuple[Tensor, torch.dtype, int]] = {}
+    claimed = 0  # bytes of all storages so far: together they must fit in the file, as they follow the pickle
 
     def storages(key: str, dtype: torch.dtype, numel: int, view: Any) -> _Storage:
+        nonlocal claimed
         item = dtype.itemsize
         if key not in roots:
-            if numel * item > size:
-                raise pickle.UnpicklingError(f"storage {key!r} is larger than the file")
+            claimed += 8 + numel * item  # each storage is its element count, then its bytes
+            if claimed > size:
+                raise pickle.UnpicklingError(
+                    f"its storages ({len(roots) + 1} so far) add up to {claimed:,} bytes, more than the "
+                    f"file's {size:,}"
+                )
             roots[key] = (_bytes_tensor(bytearray(numel * item)), dtype, numel)
         data = roots[key][0]
         if view is None:

@@ -40,6 +40,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "FileFormat",
     "atomic_write",
+    "check_state_dict",
     "load_state_dict_strict",
     "read_checkpoint",
     "read_tensor_file",
@@ -287,14 +288,32 @@ def load_state_dict_strict(
     the meta device).
     """
     own = module.state_dict()
-    absent = sorted(set(own) - set(state_dict))
+    kept_fresh = check_state_dict(
+        {k: v.shape for k, v in own.items()}, state_dict, source, may_be_missing=may_be_missing, hint=hint
+    )
+    module.load_state_dict(state_dict, strict=not kept_fresh, assign=assign)
+    return kept_fresh
+
+
+def check_state_dict(
+    expected: Mapping[str, torch.Size | tuple[int, ...]],
+    state_dict: Mapping[str, Tensor],
+    source: str = "",
+    *,
+    may_be_missing: Callable[[str], bool] | None = None,
+    hint: str = "",
+) -> list[str]:
+    """Compare ``state_dict``'s names and shapes with ``expected`` (name → shape) without touching any
+    tensor's data; raise CheckpointError naming missing, unexpected and mis-shaped keys (see
+    :func:`load_state_dict_strict`). Returns the absent names ``may_be_missing`` allows."""
+    absent = sorted(set(expected) - set(state_dict))
     kept_fresh = [k for k in absent if may_be_missing is not None and may_be_missing(k)]
     missing = [k for k in absent if k not in set(kept_fresh)]
-    unexpected = sorted(set(state_dict) - set(own))
+    unexpected = sorted(set(state_dict) - set(expected))
     shapes = [
-        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state_dict and state_dict[k].shape != own[k].shape
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k])}"
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])
     ]
     problems = []
     if missing:
@@ -306,7 +325,6 @@ def load_state_dict_strict(
     if problems:
         where = f"{source}: " if source else ""
         raise CheckpointError(where + "weights do not fit the model: " + " | ".join(problems) + hint)
-    module.load_state_dict(state_dict, strict=not kept_fresh, assign=assign)
     return kept_fresh
 
 
