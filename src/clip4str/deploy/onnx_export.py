@@ -108,9 +108,11 @@ class DecoderGraph(nn.Module):
 
 def _export(module: nn.Module, args: tuple, inputs: list[str], outputs: list[str], dynamic: dict) -> bytes:
     buffer = io.BytesIO()
+    module.eval()  # the exporter restores the wrapper's mode afterwards: a fresh module's is training
     with torch.no_grad(), warnings.catch_warnings():
         # the traced shape checks (batch not empty, image size) are fixed at export, as intended
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter (see docs/deploy.md)
         torch.onnx.export(
             module,
             args,
@@ -134,7 +136,16 @@ def export_graphs(
             f"text encoder {model.config.text_encoder!r} does not export to ONNX (its tokenizer is not CLIP's); "
             "export with --visual-only, or use the PyTorch reader"
         )
-    model = model.float().eval()
+    if next(model.parameters()).dtype != torch.float32:
+        raise ValueError("export an fp32 model (create_model builds one)")
+    was_training = model.training
+    try:
+        return _export_graphs(model.eval(), visual_only)
+    finally:
+        model.train(was_training)
+
+
+def _export_graphs(model: CLIP4STR, visual_only: bool) -> dict[str, tuple[bytes, list[str], list[str]]]:
     cfg = model.config
     depth = cfg.decoder.depth
     h, w = cfg.preprocess.image_size
