@@ -208,3 +208,105 @@ def test_every_named_config_goes_through_the_regular_file_reader(tiny_model_dir,
                 read_checkpoint(model)
     finally:
         timer.cancel()
+
+
+# ------------------------------------------------------------------------------------ item 6: many boxes
+class _CountingReader:
+    """A stand-in recognizer: records each batch's size and how many crops existed when it was read."""
+
+    def __init__(self, made: list[int]) -> None:
+        self.made, self.batches, self.crops_at_first_read = made, [], None
+
+    def read(self, images):
+        from types import SimpleNamespace
+
+        if self.crops_at_first_read is None:
+            self.crops_at_first_read = self.made[0]
+        self.batches.append(len(images))
+        return [SimpleNamespace(text="x", confidence=0.5) for _ in images]
+
+
+def test_crops_are_made_and_read_a_batch_at_a_time(monkeypatch):
+    """Issue 24 item 6: `read --boxes` built every crop of a photo before reading any (3,000 boxes on a
+    1024² image grew past 3.5 GB)."""
+    from clip4str.detect import pipeline
+
+    made = [0]
+    real = pipeline.rectify
+
+    def counting(image, quad):
+        made[0] += 1
+        return real(image, quad)
+
+    monkeypatch.setattr(pipeline, "rectify", counting)
+    reader = _CountingReader(made)
+    image = Image.new("RGB", (1024, 1024), "white")
+    boxes = [[0, 0, 40, 10 + i % 5] for i in range(300)]
+    words = pipeline.read_regions(reader, image, boxes, orientation="none")
+    assert len(words) == 300 and made[0] == 300
+    assert reader.crops_at_first_read <= pipeline.CROPS_PER_READ
+    assert max(reader.batches) <= pipeline.CROPS_PER_READ and sum(reader.batches) == 300
+    made[0], reader = 0, _CountingReader(made)  # big crops: fewer per batch, bounded by pixels
+    pipeline.read_regions(reader, image, [[0, 0, 1024, 1024]] * 40, orientation="none")
+    per_batch = pipeline.PIXELS_PER_READ // (1024 * 1024)
+    assert reader.crops_at_first_read == per_batch and max(reader.batches) == per_batch
+
+
+def test_too_many_boxes_for_one_image_is_one_line_before_the_model(tiny_model_dir, tmp_path, capsys):
+    from clip4str.detect.pipeline import MAX_BOXES_PER_IMAGE
+
+    img = _photo(tmp_path / "a.png")
+    text = tmp_path / "b.txt"
+    text.write_text("0,0,5,5\n" * (MAX_BOXES_PER_IMAGE + 1))
+    lines = tmp_path / "b.jsonl"
+    lines.write_text('{"path": "a.png", "boxes": [' + ",".join(["[0,0,5,5]"] * 3000) + "]}\n")
+    for args in (["--boxes", str(text), str(img)], ["--boxes", str(lines)]):
+        assert main(["read", "--model", str(tiny_model_dir), *args]) == 1
+        err = capsys.readouterr().err
+        assert f"at most {MAX_BOXES_PER_IMAGE} are read per image" in err and "clip4str: model" not in err
+    from clip4str.detect.pipeline import read_regions
+
+    with pytest.raises(ValueError, match="at most"):
+        read_regions(_CountingReader([0]), Image.new("RGB", (8, 8)), [[0, 0, 1, 1]] * 3000)
+
+
+# ------------------------------------------------------------------------------------ item 13: box values
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{"path": "a.png", "boxes": [[0, 0, ' + "9" * 400 + ", 5]]}", "not numbers"),
+        ('{"path": "a.png", "boxes": ' + "[" * 5000 + "]" * 5000 + "}", "nested too deeply"),
+        ('{"path": "a.png", "boxes": [[0, 0, 1e300, 5]]}', "beyond"),
+        ('{"path": "a.png", "boxes": [[0, 0, 1e999, 5]]}', "infinite"),
+        ('{"path": "a.png", "boxes": [[[[[[[[1]]]]]]]]}', "expected"),
+    ],
+    ids=["huge-int", "deep", "1e300", "inf", "shape"],
+)
+def test_hostile_box_values_are_one_line(tiny_model_dir, tmp_path, capsys, content, expected):
+    """Issue 24 item 13: a huge integer gave an OverflowError traceback, deep nesting a RecursionError and
+    1e300 "cannot convert float NaN"."""
+    _photo(tmp_path / "a.png")
+    boxes = tmp_path / "b.jsonl"
+    boxes.write_text(content + "\n")
+    assert main(["read", "--model", str(tiny_model_dir), "--boxes", str(boxes)]) == 1
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1 and "b.jsonl:1" in err or "b.jsonl:" in err
+
+
+def test_a_detector_failure_has_a_reason(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """Issue 24 item 13: `read --detect` on a 20000x20 photo printed an empty reason (RapidOCR's
+    ResizeImgError has no message)."""
+    import clip4str.detect.base as base
+
+    class Silent(Exception):
+        pass
+
+    class Failing:
+        def detect(self, image):
+            raise Silent()
+
+    monkeypatch.setattr(base, "_DEFAULT", Failing())
+    img = _photo(tmp_path / "wide.png", size=(20000, 20))
+    assert main(["read", "--model", str(tiny_model_dir), "--detect", str(img), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "the word detector failed on this 20000x20 photo (Silent; a very thin or tiny photo?)" in err

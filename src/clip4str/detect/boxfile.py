@@ -62,6 +62,7 @@ def load_box_file(path: str | Path, images: list[str] | None = None) -> list[tup
             boxes.append(as_quads([[float(v) for v in numbers]])[0])
         except ValueError as err:
             raise DatasetError(f"{path}:{n}: {err}") from err
+        _check_count(str(path), len(boxes))
     return [(images[0], np.array(boxes).reshape(-1, 4, 2))]
 
 
@@ -74,6 +75,8 @@ def _json_entries(path: Path, text: str) -> list[tuple[str, np.ndarray]]:
             records = [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     except json.JSONDecodeError as err:
         raise DatasetError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from err
+    except RecursionError as err:
+        raise DatasetError(f"{path}: JSON nested too deeply") from err
     out = []
     for n, rec in records:
         where = f"{path}:{n}"
@@ -87,14 +90,25 @@ def _json_entries(path: Path, text: str) -> list[tuple[str, np.ndarray]]:
             except (TypeError, KeyError) as err:
                 raise DatasetError(f'{where}: every word needs a "box"') from err
         else:
-            raise DatasetError(f'{where}: expected "boxes" (or "words" with "box") for {rec["path"]}')
+            raise DatasetError(f'{where}: expected "boxes" (or "words" with "box") for {rec["path"][:200]}')
         if not isinstance(raw, list):
             raise DatasetError(f'{where}: "boxes" must be a list')
+        _check_count(where, len(raw))
         try:
             out.append((rec["path"], as_quads(raw)))
         except ValueError as err:
-            raise DatasetError(f"{where}: {rec['path']}: {err}") from err
+            raise DatasetError(f"{where}: {rec['path'][:200]}: {err}") from err
     return out
+
+
+def _check_count(where: str, count: int) -> None:
+    from clip4str.detect.pipeline import MAX_BOXES_PER_IMAGE
+
+    if count > MAX_BOXES_PER_IMAGE:
+        raise DatasetError(
+            f"{where}: {count} boxes for one image; at most {MAX_BOXES_PER_IMAGE} are read per image (split "
+            "them over several lines naming the same image)"
+        )
 
 
 def _resolve(box_file: Path, image: str) -> str:

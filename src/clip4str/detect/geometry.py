@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "MAX_COORDINATE",
     "as_quads",
     "clockwise",
     "order_quad",
@@ -21,6 +22,8 @@ __all__ = [
     "reading_order",
     "rotate_quad",
 ]
+
+MAX_COORDINATE = 10_000_000  # pixels; farther than any decodable image reaches (PIL's limit is 179 Mpx)
 
 
 def as_quads(boxes: object) -> np.ndarray:
@@ -35,8 +38,8 @@ def as_quads(boxes: object) -> np.ndarray:
         for i, box in enumerate(boxes):  # type: ignore[attr-defined]
             try:
                 a = np.asarray(box, dtype=np.float64)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"box {i}: not numbers: {box!r}") from err
+            except (TypeError, ValueError, OverflowError, RecursionError) as err:
+                raise ValueError(f"box {i}: not numbers: {_short(box)}") from err
             if a.shape == (4,):
                 x0, y0, x1, y1 = a
                 if x1 < x0 or y1 < y0:
@@ -54,7 +57,21 @@ def as_quads(boxes: object) -> np.ndarray:
         out = np.stack(rows) if rows else np.zeros((0, 4, 2))
     if not np.isfinite(out).all():
         raise ValueError("boxes hold NaN or infinite coordinates")
+    if out.size and np.abs(out).max() > MAX_COORDINATE:
+        i = int(np.abs(out).reshape(len(out), -1).max(axis=1).argmax())
+        raise ValueError(
+            f"box {i}: a coordinate beyond ±{MAX_COORDINATE:,} pixels: {_short(out[i].tolist())}"
+        )
     return out
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a hostile box may be huge)."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = "(too deeply nested)"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def polygon_area(poly: np.ndarray) -> float:

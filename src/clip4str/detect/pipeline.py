@@ -18,6 +18,7 @@ from clip4str.detect.crops import orientation_candidates, rectify
 from clip4str.detect.geometry import as_quads, clockwise, order_quad, reading_order
 
 __all__ = [
+    "MAX_BOXES_PER_IMAGE",
     "ORIENTATIONS",
     "Photo",
     "Word",
@@ -31,6 +32,9 @@ __all__ = [
 
 ORIENTATIONS = {"auto": 1.5, "none": None}  # name → height/width ratio above which quarter turns are tried
 MAX_DETECT_SIDE = 2048  # photos are shrunk to this longest side for detection; crops come from full size
+MAX_BOXES_PER_IMAGE = 2000  # boxes read in one image (--boxes files, read_regions)
+CROPS_PER_READ = 64  # crops made, then read, at a time ...
+PIXELS_PER_READ = 16 << 20  # ... or fewer when they hold this many pixels (48 MiB of RGB)
 
 
 class Reader(Protocol):
@@ -100,23 +104,41 @@ def read_quads(
 ) -> list[Word]:
     """Read each (image, quad) job; tall quads are read in every candidate orientation and the most
     confident reading wins. One :class:`Word` per job, in order; ``timer`` accumulates the seconds of
-    ``cropping`` and ``recognition``."""
+    ``cropping`` and ``recognition``.
+
+    Crops are made and read a batch at a time (at most :data:`CROPS_PER_READ` crops or
+    :data:`PIXELS_PER_READ` pixels), so memory does not grow with the number of boxes.
+    """
     tall_ratio = _tall_ratio(orientation)
     timer = {} if timer is None else timer
-    t = time.perf_counter()
+    best: list[tuple[float, str, np.ndarray] | None] = [None] * len(jobs)
     crops: list[Image.Image] = []
     owners: list[tuple[int, np.ndarray]] = []
+    pixels = 0
+
+    def read_batch() -> None:
+        nonlocal pixels
+        t = time.perf_counter()
+        preds = reader.read(crops) if crops else []
+        _add(timer, "recognition", t)
+        for (j, cand), pred in zip(owners, preds):
+            if best[j] is None or pred.confidence > best[j][0]:  # type: ignore[index]
+                best[j] = (float(pred.confidence), pred.text, cand)
+        crops.clear()
+        owners.clear()
+        pixels = 0
+
     for j, (image, quad) in enumerate(jobs):
         for cand in orientation_candidates(quad, tall_ratio):
-            crops.append(rectify(image, cand))
+            t = time.perf_counter()
+            crop = rectify(image, cand)
+            _add(timer, "cropping", t)
+            crops.append(crop)
             owners.append((j, cand))
-    t = _add(timer, "cropping", t)
-    preds = reader.read(crops) if crops else []
-    _add(timer, "recognition", t)
-    best: list[tuple[float, str, np.ndarray] | None] = [None] * len(jobs)
-    for (j, cand), pred in zip(owners, preds):
-        if best[j] is None or pred.confidence > best[j][0]:  # type: ignore[index]
-            best[j] = (float(pred.confidence), pred.text, cand)
+            pixels += crop.width * crop.height
+            if len(crops) >= CROPS_PER_READ or pixels >= PIXELS_PER_READ:
+                read_batch()
+    read_batch()
     words = []
     for b in best:
         assert b is not None
@@ -172,13 +194,26 @@ def iter_photos(
         try:
             quads: np.ndarray | Exception = detect_quads(det, img, max_side)
         except Exception as err:  # noqa: BLE001 - a detector failing on one photo spoils only that one
-            quads = err
+            quads = _detector_failure(err, img)
         _add(clock, "detection", t)
         batch.append((src, img, quads))
         if sum(isinstance(q, np.ndarray) for _, _, q in batch) >= photos_per_batch:
             yield from flush()
     if batch:
         yield from flush()
+
+
+def _detector_failure(err: Exception, image: Image.Image) -> Exception:
+    """A detector's error as one line that always says something (some raise errors with no message)."""
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    detail = f"{type(err).__name__}: {reason}" if reason else type(err).__name__
+    shape = f"{image.width}x{image.height}"
+    hint = (
+        "; a very thin or tiny photo?"
+        if min(image.size) < 32 or max(image.size) > 50 * min(image.size)
+        else ""
+    )
+    return RuntimeError(f"the word detector failed on this {shape} photo ({detail}{hint})")
 
 
 def read_photos(
@@ -218,9 +253,14 @@ def read_regions(reader: Reader, image: ImageSource, boxes: Any, *, orientation:
     ``boxes``: quads ``[[x, y] × 4]`` (clockwise from the text's top-left, as ICDAR writes them; a
     counter-clockwise quad is reversed), 8 numbers, or ``[x0, y0, x1, y1]`` rectangles.
     """
+    quads = as_quads(boxes)
+    if len(quads) > MAX_BOXES_PER_IMAGE:
+        raise ValueError(
+            f"{len(quads)} boxes for one image; at most {MAX_BOXES_PER_IMAGE} are read per image (split them "
+            "over several images or calls)"
+        )
     img = load_image(image)
-    quads = [clockwise(q) for q in as_quads(boxes)]
-    return read_quads(reader, [(img, q) for q in quads], orientation)
+    return read_quads(reader, [(img, clockwise(q)) for q in quads], orientation)
 
 
 def _as_list(images: Any) -> list[Any]:
