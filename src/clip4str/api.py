@@ -19,8 +19,8 @@ from torch import Tensor
 
 from clip4str.data.transforms import ImageSource, load_image, preprocess
 from clip4str.decoding import DecodeOptions
-from clip4str.precision import choose_precision
 from clip4str.model.clip4str import CLIP4STR
+from clip4str.precision import choose_precision
 from clip4str.reading import BatchReader, Prediction, _as_list, _ordered_prefetch, predictions_from_probs
 
 if TYPE_CHECKING:

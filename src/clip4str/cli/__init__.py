@@ -57,6 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as err:
+        if err.name != "torch" or getattr(args, "debug", False):
+            raise
+        print(
+            f"clip4str {args.command}: error: this needs PyTorch, which is not installed here (without it, "
+            "read with --runtime onnx: docs/deploy.md)",
+            file=sys.stderr,
+        )
+        return 1
     except Exception as err:  # noqa: BLE001 - the CLI turns known errors into one clear line
         from clip4str.errors import Clip4strError
 

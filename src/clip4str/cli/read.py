@@ -56,10 +56,11 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, batch_size: bool = T
 def add_runtime_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runtime",
-        choices=["torch", "onnx"],
-        default="torch",
-        help="torch (default) or onnx: ONNX Runtime, no PyTorch needed; --model is then an export folder "
-        "(`clip4str export MODEL DIR --format onnx`), or a model exported once into a cache (docs/deploy.md)",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="torch, or onnx: ONNX Runtime, no PyTorch needed; --model is then an export folder "
+        "(`clip4str export MODEL DIR --format onnx`), or a model exported once into a cache (docs/deploy.md); "
+        "default auto: torch where it is installed, else onnx",
     )
 
 
@@ -81,7 +82,12 @@ def decoding_changes(args: argparse.Namespace) -> dict:
 
 def load_recognizer(args: argparse.Namespace):
     """Build the recognizer the decoding arguments describe (``--runtime onnx``: the torch-free reader)."""
-    if getattr(args, "runtime", "torch") == "onnx":
+    runtime = getattr(args, "runtime", "torch")
+    if runtime == "auto":
+        import importlib.util
+
+        runtime = "torch" if importlib.util.find_spec("torch") is not None else "onnx"
+    if runtime == "onnx":
         from clip4str.deploy.onnx_reader import load_onnx_for_cli
 
         reader = load_onnx_for_cli(args, decoding_changes(args))

@@ -31,6 +31,23 @@ def is_export(path: str | Path) -> bool:
     return (Path(path) / MANIFEST_NAME).is_file()
 
 
+def shipped_onnx_dir(name: str) -> Path | None:
+    """An export installed with the package (``clip4str/weights/<name>-onnx``, put there by
+    ``packages/clip4str-onnx/build_wheel.sh``), if present and made from the weights installed beside it
+    (when those are installed too: the PyTorch distribution re-exports after its weights change)."""
+    from clip4str.hub import shipped_model_dir
+
+    folder = shipped_model_dir(f"{name}-onnx")
+    if not is_export(folder):
+        return None
+    weights = shipped_model_dir(name)
+    if weights.is_dir():
+        made_from = read_manifest(folder).get("source", {}).get("sha256")
+        if made_from != source_fingerprint(weights):
+            return None
+    return folder
+
+
 def onnx_folder(
     model: str | Path | None = None,
     *,
@@ -45,6 +62,9 @@ def onnx_folder(
     spec = str(model) if model is not None else DEFAULT_MODEL
     if is_export(spec):
         return Path(spec)
+    shipped = shipped_onnx_dir(spec) if Path(spec).name == spec and not Path(spec).exists() else None
+    if shipped is not None:
+        return shipped
     source = resolve_model(spec, offline=offline)
     fingerprint = source_fingerprint(source)
     folder = onnx_cache_root(cache_dir) / f"{Path(spec).name}-{fingerprint[:16]}"

@@ -121,3 +121,65 @@ def load_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, bytes]]:
 
 def write_manifest_text(manifest: dict[str, Any]) -> str:
     return json.dumps(manifest, indent=1, ensure_ascii=False, sort_keys=False) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ external data
+# ONNX tensors may keep their bytes in another file ("external data", located by a path in the graph). ONNX
+# Runtime resolves such a path against the model's folder, or against the current folder for a graph given
+# as bytes. An export never uses it, so a graph that asks for it is refused before ONNX Runtime sees it: a
+# walk over the protobuf wire format (no onnx package needed) through every place a tensor can sit.
+_TENSOR_FIELDS = {"model": {7: "graph", 25: "function"}, "graph": {1: "node", 5: "tensor", 15: "sparse"}}
+_TENSOR_FIELDS |= {
+    "function": {7: "node"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+}
+_EXTERNAL_LOCATION_FIELD = 14  # TensorProto.data_location; 1 = EXTERNAL
+_MAX_DEPTH = 64
+
+
+def _varint(data: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def uses_external_data(data: bytes | memoryview, kind: str = "model", depth: int = 0) -> bool:
+    """True when any tensor of an ONNX graph (serialized ``kind`` message) points at external data.
+    ValueError for bytes that are not a well-formed protobuf message."""
+    if depth > _MAX_DEPTH:
+        raise ValueError("graph nested too deeply")
+    data = memoryview(data)
+    children = _TENSOR_FIELDS.get(kind, {})
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+            if kind == "tensor" and field == _EXTERNAL_LOCATION_FIELD and value == 1:
+                return True
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            if pos + size > len(data):
+                raise ValueError("truncated field")
+            if field in children and uses_external_data(data[pos : pos + size], children[field], depth + 1):
+                return True
+            pos += size
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+    if pos != len(data):
+        raise ValueError("truncated message")
+    return False

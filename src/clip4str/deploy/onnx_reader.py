@@ -24,7 +24,7 @@ from clip4str.charset import CharsetAdapter, CharTokenizer
 from clip4str.config import ModelConfig
 from clip4str.data.transforms import ImageSource, load_image, preprocess_array
 from clip4str.decoding import DecodeOptions, causal_mask_array, cloze_mask_array
-from clip4str.deploy.manifest import load_folder
+from clip4str.deploy.manifest import load_folder, uses_external_data
 from clip4str.errors import CheckpointError
 from clip4str.reading import BatchReader, Prediction, _as_list, predictions_from_probs, softmax
 
@@ -32,21 +32,35 @@ KvList = list[np.ndarray]
 
 
 def _session(graph: str, data: bytes, folder: Path, providers: Sequence[str] | None, threads: int | None):
+    """An ONNX Runtime session over checked bytes: no external-data file is ever read (refused before,
+    and ONNX Runtime pointed at an empty folder for them), no custom-op library registered."""
+    import tempfile
+
     import onnxruntime as ort
 
+    path = folder / (graph + ".onnx")
+    try:
+        external = uses_external_data(data)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: not an ONNX graph ({err})") from None
+    if external:
+        raise CheckpointError(
+            f"{path}: the graph reads tensors from other files (ONNX external data); clip4str exports never do, "
+            "so it is refused (docs/security.md)"
+        )
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(
-            data, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"])
-        )
-    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types; one line for the user
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{folder / (graph + '.onnx')}: ONNX Runtime cannot load it: {first[:300]}"
-        ) from None
+    with tempfile.TemporaryDirectory(prefix="clip4str-no-external-data-") as empty:
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", empty)
+        try:
+            return ort.InferenceSession(
+                data, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"])
+            )
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types; one line for the user
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"{path}: ONNX Runtime cannot load it: {first[:300]}") from None
 
 
 class OnnxRecognizer(BatchReader):
