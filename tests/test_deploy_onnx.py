@@ -237,3 +237,26 @@ def test_the_onnx_reader_never_imports_torch(small, realdata_dir, tmp_path) -> N
         .splitlines()
     )
     assert [line.split("\t")[:2] for line in lines] == [line.split("\t")[:2] for line in torch_lines]
+
+
+def test_a_graph_reading_external_data_is_refused_before_onnxruntime_loads_it(small, tmp_path) -> None:
+    """ONNX Runtime would resolve an external-data path against the current folder for a graph given as
+    bytes: such a graph is refused, whatever its checksum."""
+    import hashlib
+
+    import onnx
+
+    folder = _copy(small[1], tmp_path / "copy")
+    graph = onnx.load_from_string((folder / "text.onnx").read_bytes())
+    tensor = max(graph.graph.initializer, key=lambda t: len(t.raw_data))
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "secret.bin"
+    tensor.ClearField("raw_data")
+    data = graph.SerializeToString()
+    (folder / "text.onnx").write_bytes(data)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    manifest["files"]["text.onnx"]["sha256"] = hashlib.sha256(data).hexdigest()
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="external data"):
+        OnnxRecognizer(folder)
