@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_bytes,
         max_images=args.max_images,
         max_pixels=args.max_pixels,
+        max_request_pixels=args.max_request_pixels,
         max_refine_iters=args.max_refine_iters,
     )
     settings = ServeSettings(
@@ -90,6 +91,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-images", type=int, default=64, help="images per request (default: 64)")
     limits.add_argument(
         "--max-pixels", type=int, default=4096 * 4096, help="pixels per image (default: 4096x4096)"
+    )
+    limits.add_argument(
+        "--max-request-pixels",
+        type=int,
+        default=64 * 2**20,
+        help="pixels of all images of one request together (default: 64 Mpx)",
     )
     limits.add_argument(
         "--max-refine-iters", type=int, default=8, help="refine_iters a request may ask (default: 8)"

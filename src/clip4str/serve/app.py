@@ -25,6 +25,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -34,11 +35,12 @@ from clip4str.data.transforms import preprocess_one
 from clip4str.decoding import DecodeOptions
 from clip4str.explain import Explanation, attention_figure, explain_pixels
 from clip4str.serve.batching import Closed, DynamicBatcher, QueueFull
-from clip4str.serve.inputs import ApiError, Limits, charset_option, open_image
+from clip4str.serve.inputs import ApiError, Limits, charset_option, image_size, open_image
 
 log = logging.getLogger("clip4str.serve")
 STATIC = Path(__file__).parent / "static"
 OPTIONS = ("decode", "refine_iters", "visual_only", "charset_test")
+FIGURE_SIDE = 640  # /v1/explain keeps, for a figure, at most this many pixels a side of each image
 
 
 @dataclass
@@ -316,10 +318,19 @@ def create_app(reader: Recognizer, name: str, settings: ServeSettings | None = N
             )
         return items
 
+    def label(index: int, filename: str) -> str:
+        return f"image {index + 1} ({filename})"
+
     def prepare(index: int, filename: str, data: bytes, keep: bool) -> tuple[torch.Tensor, Any]:
-        """(runs in the decoding pool) bytes → preprocessed (3, H, W) tensor, and the image if ``keep``."""
-        image = open_image(data, f"image {index + 1} ({filename})", limits.max_pixels)
-        return preprocess_one(image, cfg.preprocess), image if keep else None
+        """(runs in the decoding pool) bytes → preprocessed (3, H, W) tensor, and, if ``keep``, the image
+        for its figure (at most FIGURE_SIDE pixels a side: the full image is dropped here)."""
+        image = open_image(data, label(index, filename), limits.max_pixels)
+        pixels = preprocess_one(image, cfg.preprocess)
+        if not keep:
+            return pixels, None
+        if max(image.size) > FIGURE_SIDE:
+            image.thumbnail((FIGURE_SIDE, FIGURE_SIDE), Image.Resampling.BICUBIC)
+        return pixels, image
 
     def options_of(
         request: Request,
@@ -345,20 +356,49 @@ def create_app(reader: Recognizer, name: str, settings: ServeSettings | None = N
             raise ApiError(422, "bad_option", str(err)) from err
 
     async def run(
-        request: Request, options: DecodeOptions, explain: bool
+        request: Request, options: DecodeOptions, explain: bool, keep: bool = False
     ) -> tuple[list[str], list[Any], list[Any]]:
-        """Images of the request → (names, predictions or explanations, decoded images when explaining)."""
+        """Images of the request → (names, predictions or explanations, the images for figures if ``keep``).
+
+        Memory stays bounded: every header is checked (pixels per image and per request) before any image
+        is decoded; images are decoded only once their places in the queue are reserved, by the decoding
+        pool's threads (one image each at a time), and only their preprocessed tensors (and small figure
+        copies) are kept.
+        """
         if batcher.closing:
             raise ApiError(503, "shutting_down", "the service is shutting down")
         items = await images_of(request)
         names = [n for n, _ in items]
         loop = asyncio.get_running_loop()
-        prepared = await asyncio.gather(
-            *(loop.run_in_executor(pool, prepare, i, n, data, explain) for i, (n, data) in enumerate(items))
+        sizes = await asyncio.gather(
+            *(
+                loop.run_in_executor(pool, image_size, data, label(i, n), limits.max_pixels)
+                for i, (n, data) in enumerate(items)
+            )
         )
-        del items
+        total = sum(w * h for w, h in sizes)
+        if total > limits.max_request_pixels:
+            raise ApiError(
+                413,
+                "too_many_pixels",
+                f"the request's {len(items)} images hold {total} pixels together, over the limit of "
+                f"{limits.max_request_pixels} (--max-request-pixels)",
+            )
         try:
-            results = await batcher.submit((options, explain), [pixels for pixels, _ in prepared])
+            reservation = batcher.reserve(len(items))
+            try:
+                prepared = await asyncio.gather(
+                    *(
+                        loop.run_in_executor(pool, prepare, i, n, data, keep)
+                        for i, (n, data) in enumerate(items)
+                    )
+                )
+                del items
+                results = await batcher.submit(
+                    (options, explain), [pixels for pixels, _ in prepared], reservation
+                )
+            finally:
+                reservation.release()
         except QueueFull as err:
             raise ApiError(
                 503, "queue_full", str(err), headers={"Retry-After": str(err.retry_after)}
@@ -415,7 +455,7 @@ def create_app(reader: Recognizer, name: str, settings: ServeSettings | None = N
         options = options_of(
             request, decode, refine_iters, visual_only, charset_test, extra=("format", "figure")
         )
-        names, explained, images = await run(request, options, explain=True)
+        names, explained, images = await run(request, options, explain=True, keep=format == "png" or figure)
         loop = asyncio.get_running_loop()
         if format == "png":
             if len(explained) != 1:

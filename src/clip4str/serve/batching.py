@@ -35,6 +35,19 @@ class Closed(Exception):
     """The batcher is shutting down and takes no new items."""
 
 
+class Reservation:
+    """Places held in a :class:`DynamicBatcher`'s queue (see :meth:`DynamicBatcher.reserve`)."""
+
+    def __init__(self, batcher: DynamicBatcher, count: int) -> None:
+        self._batcher, self.count = batcher, count
+
+    def release(self) -> int:
+        """Give the places back (once; later calls do nothing); returns how many were held."""
+        count, self.count = self.count, 0
+        self._batcher._reserved -= count
+        return count
+
+
 @dataclass
 class _Job:
     key: Hashable
@@ -78,6 +91,7 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.stats = BatchStats()
         self._pending: deque[_Job] = deque()
+        self._reserved = 0  # places promised to requests still decoding their images
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -111,16 +125,32 @@ class DynamicBatcher:
         batches = self.queued / self.max_batch + 1
         return max(1, math.ceil(batches * self.stats.mean_batch_s))
 
-    async def submit(self, key: Hashable, payloads: Sequence[Any]) -> list[Any]:
-        """Queue ``payloads`` under ``key`` and wait for their results (in order).
-
-        Raises :class:`QueueFull` without queueing anything when they do not fit, :class:`Closed` while
-        shutting down, and whatever ``run`` raised for their batch.
-        """
+    def reserve(self, count: int) -> Reservation:
+        """Promise ``count`` places in the queue before the items exist (a request's images are decoded only
+        when they can be queued, so decoded images never outnumber ``max_queue``). Raises
+        :class:`QueueFull` or :class:`Closed` at once; pass the reservation to :meth:`submit`, and
+        :meth:`Reservation.release` it if the items are never submitted."""
         if self._closing or self._wakeup is None:
             raise Closed("the service is shutting down")
-        if self.queued + len(payloads) > self.max_queue:
-            raise QueueFull(self.queued, len(payloads), self.max_queue, self.retry_after())
+        taken = self.queued + self._reserved
+        if taken + count > self.max_queue:
+            raise QueueFull(taken, count, self.max_queue, self.retry_after())
+        self._reserved += count
+        return Reservation(self, count)
+
+    async def submit(
+        self, key: Hashable, payloads: Sequence[Any], reservation: Reservation | None = None
+    ) -> list[Any]:
+        """Queue ``payloads`` under ``key`` and wait for their results (in order).
+
+        Raises :class:`QueueFull` without queueing anything when they do not fit (unless ``reservation``
+        holds their places), :class:`Closed` while shutting down, and whatever ``run`` raised for their batch.
+        """
+        held = reservation.release() if reservation is not None else 0
+        if self._closing or self._wakeup is None:
+            raise Closed("the service is shutting down")
+        if len(payloads) > held and self.queued + self._reserved + len(payloads) - held > self.max_queue:
+            raise QueueFull(self.queued + self._reserved, len(payloads), self.max_queue, self.retry_after())
         loop = asyncio.get_running_loop()
         now = loop.time()
         jobs = [_Job(key, p, loop.create_future(), now) for p in payloads]

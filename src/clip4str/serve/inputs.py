@@ -21,6 +21,8 @@ class Limits:
       reading;
     * ``max_images``: image parts of one request;
     * ``max_pixels``: width x height of one image, checked from its header before decoding (bombs);
+    * ``max_request_pixels``: the pixels of all images of one request together, from their headers,
+      before any is decoded;
     * ``max_refine_iters``: the largest ``refine_iters`` a request may ask for;
     * ``max_charset``: characters of a request's ``charset_test``.
     """
@@ -28,6 +30,7 @@ class Limits:
     max_request_bytes: int = 8 * 2**20
     max_images: int = 64
     max_pixels: int = 4096 * 4096
+    max_request_pixels: int = 64 * 2**20
     max_refine_iters: int = 8
     max_charset: int = 4096
 
@@ -52,39 +55,49 @@ class ApiError(Exception):
         return {"error": self.code, "detail": self.detail}
 
 
-def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Encoded bytes → RGB image, or :class:`ApiError` saying why not: empty, not an image, more than
-    ``max_pixels`` (checked from the header, before any pixel is decoded), truncated or corrupt."""
+def image_size(data: bytes, name: str, max_pixels: int) -> tuple[int, int]:
+    """(width, height) from the header alone, or :class:`ApiError`: empty, not an image, or more than
+    ``max_pixels`` (a decompression bomb is refused before any pixel is decoded)."""
     if not data:
         raise ApiError(422, "not_an_image", f"{name}: empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
     except Image.DecompressionBombError as err:
         raise ApiError(413, "too_many_pixels", f"{name}: {err}") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ApiError(
             422, "not_an_image", f"{name}: not an image (no known image format in {len(data)} bytes)"
         ) from err
-    width, height = img.size
     if width * height > max_pixels:
         raise ApiError(
             413,
             "too_many_pixels",
             f"{name}: {width}x{height} = {width * height} pixels, over the limit of {max_pixels} (--max-pixels)",
         )
+    return width, height
+
+
+def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Encoded bytes → RGB image through the package's one decoder (:func:`clip4str.data.transforms.
+    decode_image_bytes`: 16-bit grayscale scaled, the process-wide pixel budget), so that the service reads
+    what ``clip4str read`` reads; or :class:`ApiError` saying why not (see :func:`image_size`), truncated
+    or corrupt."""
+    from clip4str.data.transforms import decode_image_bytes
+    from clip4str.errors import ImageReadError
+
+    image_size(data, name, max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img.load()
-        return img.convert("RGB")
-    except OSError as err:
-        if "truncated" in str(err):
-            raise ApiError(422, "truncated_image", f"{name}: the image data ends early ({err})") from err
-        raise ApiError(422, "corrupt_image", f"{name}: cannot decode the image data ({err})") from err
-    except (SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
-        raise ApiError(422, "corrupt_image", f"{name}: cannot decode the image data ({err})") from err
+        return decode_image_bytes(data, name)
+    except ImageReadError as err:
+        text = str(err)
+        if "truncated" in text:
+            raise ApiError(422, "truncated_image", f"{name}: the image data ends early ({text})") from err
+        if "not an image" in text:
+            raise ApiError(422, "not_an_image", text) from err
+        raise ApiError(422, "corrupt_image", f"{name}: cannot decode the image data ({text})") from err
 
 
 def charset_option(value: str, limit: int) -> str:
