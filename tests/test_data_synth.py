@@ -140,3 +140,69 @@ def test_find_fonts_in_given_folder(tmp_path, fonts):
     (tmp_path / "notes.txt").write_text("x")
     assert S.find_fonts([tmp_path]) == [tmp_path / "A.ttf"]
     assert S.find_fonts([tmp_path / "empty-does-not-exist"]) == []
+
+
+def _font_variant(src: str, out, caps_only: bool = False, flavor: str | None = None) -> str:
+    """A copy of ``src`` (optionally drawing lowercase letters with the capitals' glyphs) as .ttf/.woff/.woff2."""
+    from fontTools.ttLib import TTFont
+
+    font = TTFont(src)
+    if caps_only:
+        for table in font["cmap"].tables:
+            for c in "abcdefghijklmnopqrstuvwxyz":
+                if ord(c.upper()) in table.cmap:
+                    table.cmap[ord(c)] = table.cmap[ord(c.upper())]
+    font.flavor = flavor
+    font.save(str(out))
+    return str(out)
+
+
+def test_woff_and_woff2_fonts_are_found_and_render(tmp_path, fonts):
+    _font_variant(fonts[0], tmp_path / "A.woff", flavor="woff")
+    _font_variant(fonts[0], tmp_path / "B.woff2", flavor="woff2")
+    found = S.find_fonts([tmp_path])
+    assert [f.name for f in found] == ["A.woff", "B.woff2"]
+    for f in found:
+        cfg = S.SynthConfig(fonts=[str(f)], words=["Parking"], random_ratio=0.0)
+        data, label = S.render_sample(0, cfg)
+        assert label.lower() == "parking" and Image.open(io.BytesIO(data)).width > 20
+
+
+def test_caps_only_font_renders_and_labels_capitals(tmp_path, fonts):
+    caps = _font_variant(fonts[0], tmp_path / "Caps.ttf", caps_only=True)
+    assert S.font_is_caps_only(caps) and not S.font_is_caps_only(fonts[0])
+    cfg = S.SynthConfig(fonts=[caps], words=["parking"], random_ratio=0.0)
+    labels = {S.render_sample(i, cfg)[1] for i in range(8)}
+    assert labels == {"PARKING"}  # whatever case was drawn from the vocabulary, the font shows capitals
+    plain = S.SynthConfig(fonts=[fonts[0]], words=["parking"], random_ratio=0.0)
+    assert "parking" in {S.render_sample(i, plain)[1] for i in range(8)}
+
+
+def test_cut_letters_widen_the_crop_and_sign_colours_apply(fonts):
+    base = dict(
+        fonts=fonts[:1], words=["station"], random_ratio=0.0, p_perspective=0.0, p_curve=0.0, p_neighbour=0.0
+    )
+    widths = []
+    for p in (0.0, 1.0):
+        cfg = S.SynthConfig(**base, p_cut_letters=p, p_jpeg=0.0)
+        widths.append(np.mean([S.render_image(i, cfg)[0].width for i in range(12)]))
+    assert widths[1] > widths[0] * 1.05  # room for parts of neighbouring letters at the edges
+    signs = S.SynthConfig(
+        **base, p_sign=1.0, p_glare=1.0, p_lighting=0.0, p_noise=0.0, p_jpeg=0.0, p_blur=0.0
+    )
+    img, quality, label = S.render_image(3, signs)
+    assert quality is None and label.lower() == "station" and img.mode == "RGB"
+
+
+def test_rendered_words_dataset_is_a_function_of_the_index(fonts):
+    cfg = S.SynthConfig(fonts=fonts, charset=CHARSET_94, words=["Exit", "Open"], seed=5)
+    ds = S.RenderedWords(cfg, 50)
+    assert len(ds) == 50 and ds.filter_counts["kept"] == 50 and ds.corrupt_count == 0
+    a, b = ds[7], ds[7]
+    assert a[1] == b[1] and np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    assert a[0].mode == "RGB" and set(a[1]) <= set(CHARSET_94)
+    assert ds.sample_key(7) == "synth:5:7"
+    with pytest.raises(IndexError):
+        ds[50]
+    with pytest.raises(ValueError, match="count"):
+        S.RenderedWords(cfg, 0)

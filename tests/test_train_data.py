@@ -86,3 +86,32 @@ def test_validation_sums_add_across_ranks_like_one_pass() -> None:
     assert merged.accuracy == 50.0 and loss == (0.8 + 4.2) / 10
     empty, no_loss = unpack(pack(DatasetResult("val"), 0.0, 0))
     assert math.isnan(empty.accuracy) and math.isnan(empty.one_minus_ned) and math.isnan(no_loss)
+
+
+def test_training_set_with_rendered_words_only(tmp_path) -> None:
+    import pytest
+
+    from clip4str.config import ConfigError
+    from clip4str.data.synth import find_fonts
+    from clip4str.train.config import TrainConfig, resolve_model_config
+    from clip4str.train.data import build_train_dataset
+
+    fonts = [str(f) for f in find_fonts()][:2]
+    vocab = tmp_path / "words.txt"
+    vocab.write_text("Exit\nopen\nPARKING\n", encoding="utf-8")
+    cfg = TrainConfig.from_dict(
+        {
+            "model_preset": "tiny",
+            "max_steps": 1,
+            "charset_train": "94",
+            "data": {"synth": {"count": 40, "vocab": str(vocab), "fonts": fonts, "random_ratio": 0.0}},
+        }
+    )
+    cfg.validate(check_paths=False)
+    samples, base = build_train_dataset(cfg, resolve_model_config(cfg))
+    assert len(samples) == 40 and base.names == ["synth (rendered)"]
+    image, label = samples[(0, 3)]
+    assert image.shape[0] == 3 and label.lower() in {"exit", "open", "parking"}
+    empty = TrainConfig.from_dict({"model_preset": "tiny", "max_steps": 1})
+    with pytest.raises(ConfigError, match="no training data"):
+        empty.validate(check_paths=False)

@@ -12,9 +12,11 @@ worker processes. A sample is made in four stages:
 4. **degradation**: uneven lighting, Gaussian or motion blur, low resolution, Gaussian noise, JPEG
    artefacts (the stored bytes are the JPEG itself; otherwise PNG).
 
-Fonts: any ``.ttf``/``.otf``/``.ttc`` found by ``fc-list`` or under the usual font folders; symbol, emoji
-and math fonts are skipped. DejaVu alone works; more families (Debian ``fonts-liberation``,
-``fonts-freefont-ttf``, ``fonts-noto-core``) give more variety.
+Fonts: any ``.ttf``/``.otf``/``.ttc``/``.woff``/``.woff2`` found by ``fc-list`` or under the usual font
+folders (or the folders given); symbol, emoji and math fonts are skipped. DejaVu alone works;
+``scripts/install_fonts.py`` installs hundreds of families (Google Fonts from npm, Debian packages) with their
+licences. A font whose lowercase letters are capitals (``Bebas Neue``, small-caps faces) renders the word
+in capitals, and the label says so.
 """
 
 from __future__ import annotations
@@ -29,18 +31,20 @@ import shutil
 import subprocess
 import sys
 import unicodedata
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from torch.utils.data import Dataset
 
 from clip4str.charset import CHARSET_94
 from clip4str.data.augment import add_noise, motion_blur
 from clip4str.data.lmdb_writer import LmdbWriter
 
-FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
+FONT_SUFFIXES = (".ttf", ".otf", ".ttc", ".woff", ".woff2")
 FONT_DIRS = (
     "/usr/share/fonts",
     "/usr/local/share/fonts",
@@ -120,6 +124,9 @@ class SynthConfig:
     p_curve: float = 0.15
     p_perspective: float = 0.35
     p_neighbour: float = 0.2
+    p_cut_letters: float = 0.0  # parts of neighbouring letters at the left/right edges
+    p_sign: float = 0.0  # sign colours (white on red, black on yellow, ...) and a plate with a border
+    p_glare: float = 0.0
     p_blur: float = 0.3
     p_motion_blur: float = 0.1
     p_low_res: float = 0.25
@@ -204,6 +211,43 @@ def font_supports(path: str, text: str) -> bool:
     return True
 
 
+_CAPS_ONLY: dict[str, bool] = {}
+_CASE_PROBE = "aegnrty"
+
+
+def _glyph_shape(font: ImageFont.FreeTypeFont, ch: str) -> np.ndarray | None:
+    """The glyph's ink, cropped and resized to 16 x 16, as a zero-mean unit vector (None: no ink)."""
+    mask = font.getmask(ch)
+    if mask.size[0] == 0 or mask.size[1] == 0:
+        return None
+    img = Image.frombytes("L", mask.size, bytes(mask))
+    bbox = img.getbbox()
+    if bbox is None:
+        return None
+    v = np.asarray(img.crop(bbox).resize((16, 16), Image.Resampling.BILINEAR), dtype=np.float64).ravel()
+    v -= v.mean()
+    norm = np.linalg.norm(v)
+    return v / norm if norm > 0 else None
+
+
+def font_is_caps_only(path: str) -> bool:
+    """True when the font draws lowercase letters as capitals or small capitals (the shapes of
+    ``a e g n r t y`` correlate with those of ``A E G N R T Y`` once scaled to the same box)."""
+    cached = _CAPS_ONLY.get(path)
+    if cached is None:
+        try:
+            font = _font(path, 48, basic=True)
+        except OSError:
+            return False
+        scores = []
+        for ch in _CASE_PROBE:
+            lower, upper = _glyph_shape(font, ch), _glyph_shape(font, ch.upper())
+            if lower is not None and upper is not None:
+                scores.append(float(lower @ upper))
+        cached = _CAPS_ONLY[path] = bool(scores) and float(np.mean(scores)) > 0.85
+    return cached
+
+
 # --------------------------------------------------------------------------------------------------
 # Stage 1: text
 
@@ -270,6 +314,35 @@ def _contrasting_colour(rng: np.random.Generator, bg: Sequence[int], min_diff: f
         if abs(_luma(c) - _luma(bg)) >= min_diff:
             return c
     return (0, 0, 0) if _luma(bg) > 127 else (255, 255, 255)
+
+
+# (background, text) pairs of road, shop and safety signs, before jitter
+SIGN_COLOURS = (
+    ((200, 30, 35), (255, 255, 255)),  # white on red
+    ((20, 70, 160), (255, 255, 255)),  # white on blue
+    ((0, 110, 60), (255, 255, 255)),  # white on green
+    ((250, 205, 20), (20, 20, 20)),  # black on yellow
+    ((245, 130, 20), (15, 15, 15)),  # black on orange
+    ((25, 25, 25), (255, 255, 255)),  # white on black
+    ((25, 25, 25), (250, 200, 30)),  # yellow on black
+    ((250, 250, 245), (200, 25, 30)),  # red on white
+    ((250, 250, 245), (20, 60, 150)),  # blue on white
+    ((245, 245, 240), (20, 20, 20)),  # black on white
+    ((110, 60, 30), (250, 245, 230)),  # white on brown
+    ((190, 190, 195), (25, 25, 30)),  # black on metal
+)
+
+
+def _sign_colours(rng: np.random.Generator) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """A sign's (background, text) colours, jittered, either way round."""
+    bg, fg = SIGN_COLOURS[int(rng.integers(len(SIGN_COLOURS)))]
+    if rng.random() < 0.25:
+        bg, fg = fg, bg
+
+    def jitter(c: Sequence[int]) -> tuple[int, int, int]:
+        return tuple(int(v) for v in np.clip(np.asarray(c) + rng.normal(0, 12, 3), 0, 255))  # type: ignore[return-value]
+
+    return jitter(bg), jitter(fg)
 
 
 def graphemes(text: str) -> list[str]:
@@ -486,13 +559,64 @@ def _neighbour_line(
     scene.paste(layer, (x, y), layer)
 
 
-def _compose(layer: Image.Image, font_size: int, rng: np.random.Generator, cfg: SynthConfig, bg_colour, fg):
+def _cut_letters(font_path: str, font_size: int, rng: np.random.Generator, cfg: SynthConfig, fg):
+    """A few letters in the word's font and colour, to be cut by the crop's edge (RGBA layer)."""
+    text = _random_string(rng, cfg.charset, 1, 3)[:3]
+    if not font_supports(font_path, text):
+        return None
+    fill, _ = _render_line(text, _font(font_path, font_size), 0.0, 0)
+    layer = Image.new("RGBA", fill.size, (*fg, 0))
+    layer.paste(Image.new("RGBA", fill.size, (*fg, 255)), (0, 0), fill)
+    bbox = fill.getbbox()
+    return layer.crop(bbox) if bbox else None
+
+
+def _compose(
+    layer: Image.Image,
+    font_size: int,
+    rng: np.random.Generator,
+    cfg: SynthConfig,
+    bg_colour,
+    fg,
+    font_path: str,
+    sign: bool = False,
+):
     lw, lh = layer.size
     unit = max(4, font_size)
     left, right = (int(rng.uniform(-0.04, 0.45) * unit) for _ in range(2))
     top, bottom = (int(rng.uniform(-0.04, 0.35) * unit) for _ in range(2))
+    cut = {}
+    if rng.random() < cfg.p_cut_letters:
+        # parts of the neighbouring words' letters at one or both edges, as in crops cut from a text line
+        sides = (
+            ("left", "right") if rng.random() < 0.35 else (("left",) if rng.random() < 0.5 else ("right",))
+        )
+        for side in sides:
+            piece = _cut_letters(font_path, font_size, rng, cfg, fg)
+            if piece is None:
+                continue
+            gap = int(rng.uniform(0.12, 0.45) * unit)  # the space between words
+            visible = max(1, int(piece.width * rng.uniform(0.1, 0.6)))
+            cut[side] = (piece, gap)
+            if side == "left":
+                left = gap + visible
+            else:
+                right = gap + visible
     w, h = max(4, lw + left + right), max(4, lh + top + bottom)
     scene = _background(w, h, rng, bg_colour).convert("RGBA")
+    if sign and rng.random() < 0.5:  # the sign's border, often partly outside the crop
+        inset = int(rng.uniform(-0.1, 0.25) * unit)
+        width = max(1, int(rng.uniform(0.04, 0.12) * unit))
+        ImageDraw.Draw(scene).rounded_rectangle(
+            [inset, inset, w - 1 - inset, h - 1 - inset],
+            radius=int(rng.uniform(0, 0.4) * unit),
+            outline=(*fg, 255),
+            width=width,
+        )
+    for side, (piece, gap) in cut.items():
+        y = top + (lh - piece.height) // 2 + int(rng.normal(0, 0.03 * unit))
+        x = left - gap - piece.width if side == "left" else left + lw + gap
+        scene.paste(piece, (x, y), piece)
     if rng.random() < cfg.p_shadow:
         alpha = layer.getchannel("A").filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.5)))
         shade = tuple(int(v * 0.3) for v in bg_colour) if _luma(fg) > 127 else (0, 0, 0)
@@ -518,6 +642,14 @@ def _degrade(img: Image.Image, rng: np.random.Generator, cfg: SynthConfig) -> tu
         t = (xs * math.cos(a) + ys * math.sin(a)) / max(w, h)
         gain = 1.0 + rng.uniform(-0.5, 0.5) * (t - t.mean())
         arr = np.asarray(img, dtype=np.float32) * gain[..., None] + rng.uniform(-30, 30)
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    if rng.random() < cfg.p_glare:  # a specular highlight: a soft bright ellipse washing out part of the word
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        sx, sy = rng.uniform(0.1, 0.5) * w, rng.uniform(0.3, 1.2) * h
+        blob = np.exp(-(((xs - cx) / sx) ** 2 + ((ys - cy) / sy) ** 2))
+        arr = np.asarray(img, dtype=np.float32)
+        arr += (255 - arr) * (rng.uniform(0.4, 0.9) * blob)[..., None]
         img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     if rng.random() < cfg.p_blur:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * max(1.0, h / 40)))
@@ -552,8 +684,20 @@ def font_package_hint(text: str) -> str:
 def render_sample(index: int, cfg: SynthConfig) -> tuple[bytes, str]:
     """Render sample ``index`` of the dataset defined by ``cfg``: (encoded image bytes, label).
 
-    Deterministic in ``(cfg, index)``. The label is the rendered text (NFC, as given).
+    Deterministic in ``(cfg, index)``. The label is the rendered text (NFC, as given). The bytes are a JPEG
+    when the sample's degradation includes JPEG loss, else a PNG.
     """
+    img, quality, text = render_image(index, cfg)
+    buf = io.BytesIO()
+    if quality is not None:
+        img.save(buf, format="JPEG", quality=quality)
+    else:
+        img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue(), text
+
+
+def render_image(index: int, cfg: SynthConfig) -> tuple[Image.Image, int | None, str]:
+    """Sample ``index`` before encoding: (RGB image, JPEG quality or None, label)."""
     if not cfg.fonts:
         raise ValueError("synth: no fonts given (see find_fonts)")
     rng = np.random.default_rng([cfg.seed, index])
@@ -570,18 +714,57 @@ def render_sample(index: int, cfg: SynthConfig) -> tuple[bytes, str]:
             f"synth: none of the {len(cfg.fonts)} fonts renders the charset's characters "
             f"(last text {text!r}); install fonts that cover it (e.g. Debian {font_package_hint(text)})"
         )
-    bg = _random_colour(rng)
-    fg = _contrasting_colour(rng, bg, rng.uniform(50, 160))
+    if text != text.upper() and font_is_caps_only(font_path):
+        upper = text.upper()  # the font draws capitals whatever the case: so does the label
+        if set(upper) <= set(cfg.charset) and len(upper) <= cfg.max_length:
+            text = upper
+    sign = rng.random() < cfg.p_sign
+    if sign:
+        bg, fg = _sign_colours(rng)
+    else:
+        bg = _random_colour(rng)
+        fg = _contrasting_colour(rng, bg, rng.uniform(50, 160))
     outline = _contrasting_colour(rng, fg, 60)
     layer, size = _text_layer(text, font_path, rng, cfg, fg, outline)
-    img = _compose(layer, size, rng, cfg, bg, fg)
+    img = _compose(layer, size, rng, cfg, bg, fg, font_path, sign)
     img, quality = _degrade(img, rng, cfg)
-    buf = io.BytesIO()
-    if quality is not None:
-        img.save(buf, format="JPEG", quality=quality)
-    else:
-        img.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue(), text
+    return img, quality, text
+
+
+class RenderedWords(Dataset):
+    """``count`` synthetic words rendered when read, for training without an LMDB in between:
+    ``dataset[i] -> (RGB PIL image, label)``, a function of ``(cfg, i)`` alone (so a resumed run and any
+    number of loader workers see the same images). JPEG loss is applied by a real JPEG round trip.
+
+    Offers the statistics :class:`~clip4str.data.lmdb_dataset.LmdbConcatDataset` reads of its members.
+    """
+
+    def __init__(self, cfg: SynthConfig, count: int, name: str = "synth") -> None:
+        if count < 1:
+            raise ValueError(f"RenderedWords: count must be >= 1, got {count}")
+        if not cfg.fonts:
+            raise ValueError("RenderedWords: no fonts given (see find_fonts)")
+        self.cfg = cfg
+        self.count = count
+        self.name = name
+        self.filter_counts: Counter[str] = Counter({"seen": count, "kept": count})
+        self.corrupt_count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, str]:
+        if not 0 <= index < self.count:
+            raise IndexError(f"index {index} out of range for {self.name} with {self.count} samples")
+        img, quality, text = render_image(index, self.cfg)
+        if quality is not None:
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=quality)
+            img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        return img, text
+
+    def sample_key(self, index: int) -> str:
+        return f"{self.name}:{self.cfg.seed}:{index}"
 
 
 # --------------------------------------------------------------------------------------------------

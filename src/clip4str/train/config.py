@@ -57,6 +57,24 @@ LR_REFERENCE_BATCH = 512
 
 
 @dataclass
+class SynthDataConfig:
+    """Words rendered while training (:class:`clip4str.data.synth.RenderedWords`), beside the LMDBs.
+
+    Each of the ``count`` samples is a function of (``seed``, its index), rendered when the loader reads it:
+    a run of N images sees N different words without an LMDB on disk. The charset is the training charset.
+    """
+
+    count: int = 0  # 0: none
+    vocab: str = ""  # a word-list file (one per line); '' renders random strings only
+    fonts: list[str] = field(default_factory=list)  # font folders or files; []: the system's fonts
+    seed: int = 0
+    random_ratio: float = 0.2
+    max_length: int = 25
+    # other clip4str.data.synth.SynthConfig fields: effect probabilities (p_curve, p_sign, ...), font_size
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class DataConfig:
     """Where the LMDBs are and how samples are read (the official ``SceneTextDataModule`` options)."""
 
@@ -65,6 +83,7 @@ class DataConfig:
     # small real set with a large synthetic one without copying it.
     train_repeat: dict[str, int] = field(default_factory=dict)
     val_root: list[str] = field(default_factory=list)
+    synth: SynthDataConfig = field(default_factory=SynthDataConfig)
     augment: bool = True
     # RandAugment strength (official: 3 ops per image at magnitude 5).
     augment_layers: int = 3
@@ -238,6 +257,13 @@ class TrainConfig(JsonConfig):
                 raise ConfigError(
                     f"data.train_repeat[{root!r}] must be an integer in [1, 10000], got {times!r}"
                 )
+        check_int("data.synth.count", d.synth.count, 0, 1 << 40)
+        check_int("data.synth.max_length", d.synth.max_length, 1, 1 << 10)
+        check_number("data.synth.random_ratio", d.synth.random_ratio, 0.0, 1.0)
+        if not d.train_root and d.synth.count == 0:
+            raise ConfigError(
+                "no training data: set data.train_root (LMDBs) or data.synth.count (rendered words)"
+            )
         for name, low, high in (
             ("num_workers", 0, 256),
             ("val_batch_size", 0, 1 << 16),
@@ -261,9 +287,12 @@ class TrainConfig(JsonConfig):
         if check_paths:
             if check_init and kind != "random" and not Path(path).exists():
                 raise ConfigError(f"init: {kind} file {path!r} does not exist")
-            if not d.train_root:
-                raise ConfigError("data.train_root is empty: give the folder(s) holding the training LMDBs")
-            for key, roots in (("data.train_root", d.train_root), ("data.val_root", d.val_root)):
+            synth_paths = ([d.synth.vocab] if d.synth.vocab else []) + d.synth.fonts if d.synth.count else []
+            for key, roots in (
+                ("data.train_root", d.train_root),
+                ("data.val_root", d.val_root),
+                ("data.synth", synth_paths),
+            ):
                 for root in roots:
                     if not Path(root).exists():
                         raise ConfigError(f"{key}: path {root!r} does not exist")

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from clip4str.config import ModelConfig
+from clip4str.config import ConfigError, ModelConfig
 from clip4str.data.lmdb_dataset import LmdbConcatDataset, build_dataset
+from clip4str.data.synth import RenderedWords
 from clip4str.data.transforms import Preprocess
 from clip4str.train.config import TrainConfig
 
@@ -127,18 +128,47 @@ def _label_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+def build_synth_dataset(cfg: TrainConfig, model_cfg: ModelConfig) -> RenderedWords:
+    """The words rendered while training (``data.synth``), over the training charset."""
+    from clip4str.data.synth import SynthConfig, find_fonts, read_vocabulary
+
+    s = cfg.data.synth
+    fonts = [str(f) for f in find_fonts(s.fonts or None)]
+    if not fonts:
+        raise ConfigError(f"data.synth: no font files found in {s.fonts or 'the system font folders'}")
+    synth_cfg = SynthConfig(
+        charset=model_cfg.charset_train,
+        words=read_vocabulary(s.vocab) if s.vocab else [],
+        random_ratio=s.random_ratio if s.vocab else 1.0,
+        max_length=min(s.max_length, model_cfg.max_label_length),
+        fonts=fonts,
+        seed=s.seed,
+        **s.options,
+    )
+    return RenderedWords(synth_cfg, s.count)
+
+
 def build_train_dataset(cfg: TrainConfig, model_cfg: ModelConfig) -> tuple[SeededSamples, LmdbConcatDataset]:
-    """Every LMDB under ``data.train_root``, labels filtered with the training charset (official rules)."""
+    """Every LMDB under ``data.train_root`` (labels filtered with the training charset, official rules),
+    then the rendered words of ``data.synth``."""
     from clip4str.data.augment import TrainTransform
 
     roots = [root for root in cfg.data.train_root for _ in range(cfg.data.train_repeat.get(root, 1))]
-    base = build_dataset(
-        roots,
-        model_cfg.charset_train,
-        model_cfg.max_label_length,
-        transform=None,
-        **_label_kwargs(cfg),
-    )
+    datasets, names = [], []
+    if roots:
+        lmdbs = build_dataset(
+            roots,
+            model_cfg.charset_train,
+            model_cfg.max_label_length,
+            transform=None,
+            allow_empty=bool(cfg.data.synth.count),
+            **_label_kwargs(cfg),
+        )
+        datasets, names = list(lmdbs.datasets), list(lmdbs.names)
+    if cfg.data.synth.count:
+        datasets.append(build_synth_dataset(cfg, model_cfg))
+        names.append("synth (rendered)")
+    base = LmdbConcatDataset(datasets, names)
     p = model_cfg.preprocess
     d = cfg.data
     transform = TrainTransform(

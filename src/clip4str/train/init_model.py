@@ -27,7 +27,7 @@ from clip4str.train.config import TrainConfig, parse_init, resolve_model_config
 from clip4str.weights import load_state_dict_strict
 
 # Tensors that depend on the character set: re-initialised when fine-tuning to a new charset.
-CHARSET_TENSORS = re.compile(r"^(visual|cross)_decoder\.(head|text_embed)\.")
+CHARSET_TENSORS = re.compile(r"^((visual|cross)_decoder\.(head|text_embed)|ctc_head)\.")
 
 
 @dataclass
