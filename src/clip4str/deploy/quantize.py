@@ -6,6 +6,7 @@ Needs ``onnx`` and ``onnxruntime`` (``pip install 'clip4str[onnx]'``); no torch.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -17,18 +18,18 @@ def quantize_graph(data: bytes, op_types: tuple[str, ...] = QUANTIZED_OPS) -> by
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory(prefix="clip4str-int8-") as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(data)
-        quantize_dynamic(
-            src,
-            dst,
-            op_types_to_quantize=list(op_types),
-            per_channel=False,
-            weight_type=QuantType.QInt8,
-        )
-        model = onnx.load(str(dst))  # a single file: no external data
-        return model.SerializeToString()
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # the tool's "consider pre-processing" notice, once per graph
+    try:
+        with tempfile.TemporaryDirectory(prefix="clip4str-int8-") as tmp:
+            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+            src.write_bytes(data)
+            quantize_dynamic(
+                src, dst, op_types_to_quantize=list(op_types), per_channel=False, weight_type=QuantType.QInt8
+            )
+            return onnx.load(str(dst)).SerializeToString()  # a single file: no external data
+    finally:
+        logging.disable(previous)
 
 
 def quantize_int8(
