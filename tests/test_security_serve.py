@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -158,3 +159,111 @@ def test_queue_places_are_reserved_before_images_are_decoded():
         return out
 
     assert asyncio.run(scenario()) == [1, 2, 3]
+
+
+# ------------------------------------------------------------------------------------ item 10: slow clients
+def _health(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def _closed_by_server(sock, seconds: float = 5.0) -> bool:
+    """True when the server closes ``sock`` within ``seconds`` (anything it sent first is skipped)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def test_slow_clients_are_timed_out_and_free_their_slots(reader):
+    """Issue 24 item 10: --max-connections idle sockets made /health answer 503 indefinitely (no timeout on
+    headers or body). Loopback only; every socket is closed by the test at the latest."""
+    import socket
+
+    from clip4str.serve.server import timed_protocol
+
+    protocol = timed_protocol(header_timeout=0.6, body_timeout=0.6)
+    with BackgroundServer(create_app(reader, "tiny"), limit_concurrency=4, http=protocol) as srv:
+        address = srv.url.rsplit("/", 1)[1].split(":")
+        address = (address[0], int(address[1]))
+        socks = []
+        try:
+            for i in range(4):
+                sock = socket.create_connection(address, timeout=5)
+                if i % 2:  # half send part of their headers, then stall (slowloris)
+                    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+                socks.append(sock)
+            assert _health(srv.url) == 503  # every slot is held
+            started = time.monotonic()
+            assert all(_closed_by_server(sock) for sock in socks)
+            assert time.monotonic() - started < 5
+            assert _health(srv.url) == 200
+            body = socket.create_connection(address, timeout=5)  # a body that never completes
+            socks.append(body)
+            body.sendall(
+                b"POST /v1/read HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n\x89PNG"
+            )
+            assert _closed_by_server(body)
+            assert _health(srv.url) == 200
+        finally:
+            for sock in socks:
+                sock.close()
+
+
+# ------------------------------------------------------------------------------------ item 13: start, stop
+def test_a_request_cut_by_the_drain_timeout_gets_503_shutting_down(reader, monkeypatch):
+    """Issue 24 item 13: a request still running when --drain-timeout expired got a 500 and an ASGI
+    traceback."""
+    import clip4str.serve.app as app_module
+
+    gate, started = threading.Event(), threading.Event()
+    run_batch = app_module._run_batch
+
+    def gated(*args):
+        started.set()
+        gate.wait(30)
+        return run_batch(*args)
+
+    monkeypatch.setattr(app_module, "_run_batch", gated)
+    srv = BackgroundServer(create_app(reader, "tiny"), timeout_graceful_shutdown=0.5).start()
+    result: dict = {}
+    white = png(Image.new("RGB", (64, 32), "white"))
+    client = threading.Thread(target=lambda: result.update(r=post(srv.url + "/v1/read", [("w.png", white)])))
+    client.start()
+    try:
+        assert started.wait(30)  # the request is in the model
+        stopper = threading.Thread(target=srv.stop)
+        stopper.start()
+        client.join(30)
+        status, body = result["r"]
+        assert status == 503 and body["error"] == "shutting_down" and "--drain-timeout" in body["detail"]
+    finally:
+        gate.set()
+        client.join(30)
+    stopper.join(30)
+
+
+def test_serve_checks_its_port_before_loading_the_model(capsys):
+    """Issue 24 item 13: `serve --port 99999` gave a traceback after the model loaded."""
+    import socket
+
+    from clip4str.cli import main
+
+    assert main(["serve", "--port", "99999", "--model", "/nonexistent/never-loaded"]) == 1
+    err = capsys.readouterr().err
+    assert "--port 99999" in err and "never-loaded" not in err and err.count("\n") == 1
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--model", "/nonexistent/never-loaded"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "never-loaded" not in err

@@ -36,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
         limits=limits,
     )
     args.batch_size = args.max_batch
+    from clip4str.serve.server import timed_protocol
+
+    protocol = timed_protocol(args.header_timeout, args.body_timeout)
+    _check_address(args.host, args.port)  # a bad or busy port fails before the model loads
     reader = load_recognizer(args)
     app = create_app(reader, model_name(args.model, reader), settings)
     config = uvicorn.Config(
@@ -48,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         forwarded_allow_ips=args.forwarded_allow_ips,
         limit_concurrency=args.max_connections,
         timeout_graceful_shutdown=args.drain_timeout,
+        http=protocol,
     )
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler it found: make that a
     # no-op so a drained shutdown exits 0.
@@ -55,6 +60,25 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: None)
     uvicorn.Server(config).run()
     return 0
+
+
+def _check_address(host: str, port: int) -> None:
+    """``--host``/``--port`` must name an address this machine can listen on (ValueError/OSError otherwise)."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port {port}: a port is 0 to 65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise ValueError(f"--host {host}: not an address of this machine ({err.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as err:
+            raise OSError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -116,6 +140,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=30.0,
         help="seconds to finish requests on SIGTERM (default: 30)",
+    )
+    server.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection may take to send a request's headers; then it is closed (default: 10)",
+    )
+    server.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a request may take to send its body after its headers (default: 60)",
     )
     server.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]

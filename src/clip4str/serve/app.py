@@ -29,6 +29,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from clip4str.api import Recognizer
 from clip4str.data.transforms import preprocess_one
@@ -193,6 +194,42 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+class ShutdownAnswer:
+    """ASGI middleware: a request the server cancels when ``--drain-timeout`` runs out answers 503
+    ``shutting_down`` (not a 500 and an ASGI traceback), if its answer has not started."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if started:
+                raise
+            log.warning(
+                "%s %s: cancelled by the shutdown (--drain-timeout); answered 503",
+                scope["method"],
+                scope["path"],
+            )
+            err = ApiError(
+                503, "shutting_down", "the service shut down before this request finished (--drain-timeout)"
+            )
+            await JSONResponse(err.body(), status_code=err.status, headers={"Connection": "close"})(
+                scope, receive, send
+            )
+
+
 def model_name(requested: str | Path | None, reader: Recognizer | None = None) -> str:
     """The name to show: the reader's own, the release name asked for, a path's file or folder name, or
     the package's default release."""
@@ -253,6 +290,7 @@ def create_app(reader: Recognizer, name: str, settings: ServeSettings | None = N
     app.state.batcher = batcher
     app.state.reader = reader
     app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(ShutdownAnswer)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(ApiError)
@@ -277,6 +315,8 @@ def create_app(reader: Recognizer, name: str, settings: ServeSettings | None = N
         if media == "multipart/form-data":
             try:
                 form = await request.form(max_files=limits.max_images, max_fields=16, max_part_size=64 * 1024)
+            except ClientDisconnect as err:
+                raise _gone() from err
             except StarletteHTTPException as err:
                 if "too many files" in str(err.detail).lower():
                     raise ApiError(
@@ -300,7 +340,10 @@ def create_app(reader: Recognizer, name: str, settings: ServeSettings | None = N
             finally:
                 await form.close()
         elif media.startswith("image/") or media == "application/octet-stream":
-            items.append(("body", await request.body()))
+            try:
+                items.append(("body", await request.body()))
+            except ClientDisconnect as err:
+                raise _gone() from err
         else:
             raise ApiError(
                 415,
@@ -516,6 +559,11 @@ def create_app(reader: Recognizer, name: str, settings: ServeSettings | None = N
         return HTMLResponse(page)
 
     return app
+
+
+def _gone() -> ApiError:
+    """The client went away (or was timed out, --body-timeout) before its body was complete."""
+    return ApiError(408, "incomplete_body", "the request body did not arrive in full (--body-timeout)")
 
 
 def _explained(name: str, ex: Explanation, figure: str | None) -> Explained:
