@@ -70,7 +70,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-sizes", type=_csv(int), default=[1, 32], help="default: 1,32")
     p.add_argument("--modes", type=_csv(str), default=["default"], help=f"any of {', '.join(MODES)}")
-    p.add_argument("--precision", type=_csv(str), default=["fp32"], help="fp32,bf16,fp16 (fp16: CUDA only)")
+    p.add_argument(
+        "--precision",
+        type=_csv(str),
+        default=["fp32", "bf16"],
+        help="fp32,bf16,fp16 (fp16: CUDA only; default fp32,bf16, with the choice of --precision auto logged)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per setting")
@@ -483,6 +488,10 @@ def _handler(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError("--repeats must be >= 1 and --warmup >= 0")
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    from clip4str.precision import choose_precision
+
+    auto = choose_precision(args.device)
+    log(f"precision auto would choose {auto.precision} on {args.device}: {auto.reason}")
     results = run_benchmark(args, log=log)
     md = format_markdown(results)
     print(md)
