@@ -260,3 +260,14 @@ def test_a_graph_reading_external_data_is_refused_before_onnxruntime_loads_it(sm
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="external data"):
         OnnxRecognizer(folder)
+
+
+def test_read_detect_with_onnx_prints_the_torch_lines(small, realdata_dir, capsys) -> None:
+    photo = realdata_dir / "ic15_scenes_test" / "Imgs" / "img_5.jpg"
+    assert main(["read", "--detect", "--precision", "fp32", str(photo)]) == 0
+    torch_lines = capsys.readouterr().out.splitlines()
+    assert main(["read", "--detect", "--runtime", "onnx", "--model", str(small[1]), str(photo)]) == 0
+    onnx_lines = capsys.readouterr().out.splitlines()
+    assert len(torch_lines) >= 3
+    assert [line.split("\t")[1] for line in onnx_lines] == [line.split("\t")[1] for line in torch_lines]
+    assert [line.split("\t")[3] for line in onnx_lines] == [line.split("\t")[3] for line in torch_lines]
