@@ -302,3 +302,25 @@ def test_explain_output_is_escaped_like_read(tiny_model_dir, tmp_path, capsys):
     data = capsys.readouterr().out.encode("utf-8")  # valid UTF-8 text ...
     record = json.loads(data)
     assert data.count(b"\n") == 1 and os.fsencode(record["path"]) == raw  # ... naming the same bytes
+
+
+def test_plot_never_writes_over_a_file_of_the_run(tmp_path, capsys):
+    """Every writer goes through the guard: `plot RUN -o RUN/last.ckpt` would have replaced a checkpoint."""
+    from clip4str.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("step,train_loss,lr\n1,0.5,1e-4\n2,0.4,1e-4\n")
+    (run / "last.ckpt").write_bytes(b"checkpoint")
+    for target in ("last.ckpt", "metrics.csv"):
+        assert main(["plot", str(run), "-o", str(run / target), "--overwrite"]) == 1
+        assert "a file of the training run" in capsys.readouterr().err
+    assert (run / "last.ckpt").read_bytes() == b"checkpoint"
+    assert main(["plot", str(run)]) == 0 and main(["plot", str(run)]) == 0  # the default plot is replaced
+    elsewhere = tmp_path / "mine.png"
+    elsewhere.write_bytes(b"not a plot")
+    assert main(["plot", str(run), "-o", str(elsewhere)]) == 1
+    assert elsewhere.read_bytes() == b"not a plot"
+    assert main(["plot", str(run), "-o", str(elsewhere), "--overwrite"]) == 0
+    assert elsewhere.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in run.iterdir()) == ["curves.png", "last.ckpt", "metrics.csv"]

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from clip4str.errors import OutputError
+from clip4str.errors import Clip4strError, OutputError
 
 __all__ = [
     "MAX_BOX_FILE_BYTES",
@@ -191,7 +191,8 @@ def atomic_write(
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # the target's suffix last, so writers that infer the format from the name (PIL, matplotlib) still can
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -415,9 +416,17 @@ class OutputGuard:
             raise self._refuse(
                 option, target, "appeared while it was being written and was left alone; choose another path"
             ) from None
-        except OutputError:
-            raise
-        except Exception as err:  # noqa: BLE001 - OSError, or a writer's own error type (safetensors, PIL)
+        except (OutputError, Clip4strError, ValueError):
+            raise  # the writer's own report on its input, unchanged
+        except OSError as err:
+            if err.errno is None:  # raised by the writer with a message of its own, not by the disk
+                raise
+            full = err.errno == errno.ENOSPC
+            raise WriteError(
+                f"{option} {target}: could not write it ({'the disk is full' if full else err.strerror or err}); "
+                "nothing there was changed"
+            ) from err
+        except Exception as err:  # noqa: BLE001 - a writer's own error type (safetensors, PIL)
             full = getattr(err, "errno", None) == errno.ENOSPC
             reason = "the disk is full" if full else (getattr(err, "strerror", None) or str(err))
             raise WriteError(

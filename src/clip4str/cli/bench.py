@@ -94,6 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--max-reference-batch", type=int, default=None, help="skip the reference above this")
     p.add_argument("--out", default=None, help="write results as JSON here (and a .md next to it)")
+    p.add_argument("--overwrite", action="store_true", help="let --out replace existing files")
     p.set_defaults(handler=_handler)
 
 
@@ -492,14 +493,23 @@ def _handler(args: argparse.Namespace) -> int:
 
     auto = choose_precision(args.device)
     log(f"precision auto would choose {auto.precision} on {args.device}: {auto.reason}")
+    from clip4str.files import OutputGuard
+
+    guard = OutputGuard("clip4str bench", overwrite=args.overwrite)
+    if (
+        args.out
+    ):  # checked before the (long) run: never over an input or the model, existing only with --overwrite
+        guard.protect_model(getattr(args, "model", None))
+        guard.protect_all(getattr(args, "images", None) or [], "an input image")
+        guard.claim(args.out, "--out", parents=True)
+        guard.claim(Path(args.out).with_suffix(".md"), "--out (.md)", parents=True)
     results = run_benchmark(args, log=log)
     md = format_markdown(results)
     print(md)
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         payload = {"command": command_line(args), "results": results}
-        out.write_text(json.dumps(payload, indent=1))
-        out.with_suffix(".md").write_text(md)
+        guard.write_text(out, json.dumps(payload, indent=1))
+        guard.write_text(out.with_suffix(".md"), md)
         log(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
