@@ -324,3 +324,52 @@ def test_plot_never_writes_over_a_file_of_the_run(tmp_path, capsys):
     assert main(["plot", str(run), "-o", str(elsewhere), "--overwrite"]) == 0
     assert elsewhere.read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in run.iterdir()) == ["curves.png", "last.ckpt", "metrics.csv"]
+
+
+def test_commands_write_files_only_through_the_output_guard():
+    """The way items 1-3 arose: new commands wrote with Path.write_text / Image.save / open(..., "w")
+    beside the guard. No command module (cli/, detect/, serve/, explain, eval_scenes) may write a file
+    except through ``clip4str.files`` (``guard.write*`` or a writer handed a temporary path ``tmp``)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "src" / "clip4str"
+    modules = [*root.glob("cli/*.py"), *root.glob("detect/*.py"), *root.glob("serve/*.py")]
+    modules += [root / "explain.py", root / "eval_scenes.py"]
+    writers = {
+        "write_text",
+        "write_bytes",
+        "savefig",
+        "save",
+        "write_errors",
+        "replace",
+        "rename",
+        "symlink_to",
+    }
+    found = []
+    for path in modules:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            owner = ast.unparse(func.value) if isinstance(func, ast.Attribute) else ""
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            first = node.args[0] if node.args else None
+            if (
+                "guard" in owner.lower()
+                or owner == "tmp"
+                or (isinstance(first, ast.Name) and first.id in ("tmp", "buf"))
+            ):
+                continue  # through the guard, into its temporary file, or into memory
+            mode = next((a for a in node.args[1:2] if name == "open" and not owner), None)
+            mode = mode or next((a for a in node.args[:1] if name == "open" and owner), None)
+            mode = mode or next((k.value for k in node.keywords if k.arg == "mode"), None)
+            opens_to_write = (
+                name == "open"
+                and isinstance(mode, ast.Constant)
+                and any(c in str(mode.value) for c in "wax+")
+            )
+            is_os = owner in ("os", "shutil")
+            if opens_to_write or (name in writers and (is_os or name != "replace")):
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)[:70]}")
+    assert not found, "writes beside the output guard (use clip4str.files.OutputGuard):\n" + "\n".join(found)
