@@ -189,11 +189,12 @@ class OnnxRecognizer(BatchReader):
             return vis
         adapter = self._adapter(o.charset_test)
         image_kv = [image[f"cross_{kind}{i}"] for i in range(depth) for kind in "kv"]
-        cross_kv = self._cross_kv(image_kv, vis, adapter)
+        text_cache: dict[str, KvList] = {}
+        cross_kv = self._cross_kv(image_kv, vis, adapter, text_cache)
         cross = self._first_pass("cross_decoder", cross_kv, o.mode, num_steps)
         for _ in range(o.refine_iters):
             vis = self._refine("visual_decoder", vis_kv, vis, num_steps)
-            cross_kv = self._cross_kv(image_kv, vis, adapter)
+            cross_kv = self._cross_kv(image_kv, vis, adapter, text_cache)
             cross = self._refine("cross_decoder", cross_kv, cross, num_steps)
         return cross
 
@@ -274,14 +275,21 @@ class OnnxRecognizer(BatchReader):
             graph, tgt, np.arange(num_steps), mask[:, :length], mask[:length, :length], padding, kv
         )
 
-    def _cross_kv(self, image_kv: KvList, vis_logits: np.ndarray, adapter: CharsetAdapter) -> KvList:
-        """The cross-modal decoder's memory keys/values: the image's, then the caption's text features'
-        (each distinct caption encoded once)."""
+    def _cross_kv(
+        self, image_kv: KvList, vis_logits: np.ndarray, adapter: CharsetAdapter, cache: dict[str, KvList]
+    ) -> KvList:
+        """The cross-modal decoder's memory keys/values: the image's, then the caption's text features'.
+        Each distinct caption is encoded once per call (``cache``: caption → its per-layer k/v rows), so a
+        refinement caption equal to the first one costs nothing."""
         captions = [adapter(c) for c in self.tokenizer.decode_caption(vis_logits.argmax(-1))]
-        ids = self.caption_tokenizer.ids(captions, context_length=self.config.caption_length, truncate=True)
-        unique, inverse = np.unique(ids, axis=0, return_inverse=True)
-        text = self.sessions["text"].run(None, {"caption_ids": unique.astype(np.int64)})
-        return [np.concatenate([im, t[inverse.reshape(-1)]], axis=2) for im, t in zip(image_kv, text)]
+        new = list(dict.fromkeys(c for c in captions if c not in cache))
+        if new:
+            ids = self.caption_tokenizer.ids(new, context_length=self.config.caption_length, truncate=True)
+            text = self.sessions["text"].run(None, {"caption_ids": ids.astype(np.int64)})
+            for row, caption in enumerate(new):
+                cache[caption] = [t[row] for t in text]
+        text_kv = [np.stack([cache[c][i] for c in captions]) for i in range(len(image_kv))]
+        return [np.concatenate([im, t], axis=2) for im, t in zip(image_kv, text_kv)]
 
 
 def load_onnx(folder: str | Path, options: DecodeOptions | None = None, **kwargs: Any) -> OnnxRecognizer:
