@@ -27,8 +27,27 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if register is not None:
             register(subparsers)
+    _add_threads_option(subparsers)
     _remember_parsers(parser)
     return parser
+
+
+THREADED_COMMANDS = ("read", "eval", "explain", "serve", "train", "export")
+
+
+def _add_threads_option(subparsers: argparse._SubParsersAction) -> None:
+    """``--threads N`` on every command that runs a model (one spelling, one meaning: intra-op threads)."""
+    for name in THREADED_COMMANDS:
+        sub = subparsers.choices.get(name)
+        if sub is not None and not any("--threads" in a.option_strings for a in sub._actions):
+            sub.add_argument(
+                "--threads",
+                type=int,
+                default=None,
+                metavar="N",
+                help="CPU threads for the model's computation (default: 1 for the small model, "
+                "all cores for larger ones; see docs/benchmarks.md)",
+            )
 
 
 def _remember_parsers(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "threads", None) is not None:
+            from clip4str.threads import set_threads
+
+            set_threads(args.threads)
         return int(args.handler(args) or 0)
     except BrokenPipeError:
         # Output piped into e.g. `head`: stop quietly.

@@ -103,6 +103,12 @@ def load_recognizer(args: argparse.Namespace):
         **decoding_changes(args),
     )
     print(f"clip4str: model {reader.name}", file=sys.stderr)  # never a silent choice of model
+    if getattr(args, "threads", None) is None and reader.device.type == "cpu":
+        from clip4str.threads import default_threads, set_threads
+
+        count = default_threads(sum(p.numel() for p in reader.model.parameters()))
+        if count is not None:
+            set_threads(count)
     return reader
 
 

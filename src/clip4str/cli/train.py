@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
             cfg = dataclasses.replace(cfg, variants=[*cfg.variants, *args.variants])
     else:
         raise ConfigError("give --config PRESET|FILE (see --list-presets) or --resume RUN_DIR")
+    if getattr(args, "threads", None) is not None:  # the recipe's `threads`, as every other command spells it
+        cfg = dataclasses.replace(cfg, threads=args.threads)
     if args.print_config:
         print(cfg.to_json())
         return 0
