@@ -114,3 +114,21 @@ def test_load_image_errors_name_the_path(tmp_path):
         load_image(truncated)
     with pytest.raises(TypeError):
         load_image(3.5)  # type: ignore[arg-type]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    from clip4str.data.transforms import load_image
+
+    img = Image.new("RGB", (40, 10), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 10, 10))  # blue at the stored left end
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: show rotated 90 degrees clockwise
+    path = tmp_path / "phone.jpg"
+    img.save(path, exif=exif, quality=95)
+    upright = load_image(path)
+    assert upright.size == (10, 40)
+    r, g, b = upright.getpixel((5, 2))  # the blue end is now on top
+    assert b > 200 and r < 60
+    assert load_image(path.read_bytes()).size == (10, 40)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import sys
 from pathlib import Path
 
@@ -132,7 +133,11 @@ def expand_paths(specs: list[str]) -> tuple[list[str], list[str]]:
             found.extend(matches)
         else:
             unmatched.append(spec)
-    return found, unmatched
+    unique = list(dict.fromkeys(os.path.realpath(p) for p in found))  # a folder and an overlapping glob
+    first = {}
+    for p in found:
+        first.setdefault(os.path.realpath(p), p)
+    return [first[r] for r in unique], unmatched
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""--threads: one option on every command that runs a model, and a measured default."""
+"""Command-line options shared by commands: --threads (one option, a measured default), input expansion."""
 
 from __future__ import annotations
 
@@ -41,3 +41,12 @@ def test_train_threads_overrides_the_recipe(capsys):
 
     assert main(["train", "--config", "tiny", "--threads", "1", "--print-config"]) == 0
     assert '"threads": 1' in capsys.readouterr().out
+
+
+def test_a_folder_and_an_overlapping_glob_read_each_file_once(tmp_path):
+    from clip4str.cli.read import expand_paths
+
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"x")
+    found, unmatched = expand_paths([str(tmp_path), str(tmp_path / "*.png"), str(tmp_path / "a.png")])
+    assert found == [str(tmp_path / "a.png"), str(tmp_path / "b.png")] and unmatched == []
