@@ -50,3 +50,14 @@ def test_a_folder_and_an_overlapping_glob_read_each_file_once(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     found, unmatched = expand_paths([str(tmp_path), str(tmp_path / "*.png"), str(tmp_path / "a.png")])
     assert found == [str(tmp_path / "a.png"), str(tmp_path / "b.png")] and unmatched == []
+
+
+def test_model_commands_say_what_they_do_before_loading(capsys, monkeypatch):
+    import clip4str.cli as cli
+
+    assert cli.main(["export", "no-such-model-name", "out-dir-never-written"]) == 1
+    assert len(capsys.readouterr().err.splitlines()) == 1  # not a terminal: the error alone
+    monkeypatch.setattr(cli, "_on_terminal", lambda: True)
+    assert cli.main(["export", "no-such-model-name", "out-dir-never-written"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "clip4str export: loading ..." and "no-such-model-name" in err[-1]

@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 THREADED_COMMANDS = ("read", "eval", "explain", "serve", "train", "export")
+MODEL_COMMANDS = (*THREADED_COMMANDS, "bench", "batch")
 
 
 def _add_threads_option(subparsers: argparse._SubParsersAction) -> None:
@@ -59,6 +60,10 @@ def _remember_parsers(parser: argparse.ArgumentParser) -> None:
                 _remember_parsers(sub)
 
 
+def _on_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -67,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    if args.command in MODEL_COMMANDS and not getattr(args, "print_config", False) and _on_terminal():
+        # importing torch and loading a model takes seconds (tens on a loaded machine): say so at once; in a
+        # log or a pipe, stderr keeps one line per error
+        print(f"clip4str {args.command}: loading ...", file=sys.stderr, flush=True)
     try:
         if getattr(args, "threads", None) is not None:
             from clip4str.threads import set_threads
