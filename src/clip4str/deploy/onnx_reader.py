@@ -95,7 +95,10 @@ class OnnxRecognizer(BatchReader):
             raise CheckpointError(f"{self.folder}: the manifest's model config is invalid: {err}") from None
         self.tokenizer = CharTokenizer(self.config.charset_train)
         self.precision = str(self.manifest.get("precision", "fp32"))
-        self.name = name or f"{self.manifest.get('name') or self.folder.name} (ONNX {self.precision})"
+        source = Path(str(self.manifest.get("source", {}).get("model") or "")).name
+        self.name = (
+            name or f"{source or self.manifest.get('name') or self.folder.name} (ONNX {self.precision})"
+        )
         self.device = "onnxruntime:" + ",".join(providers or ["CPUExecutionProvider"])
         self.sessions = {g: _session(g, data, self.folder, providers, threads) for g, data in graphs.items()}
         for graph, session in self.sessions.items():
