@@ -38,7 +38,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise ValueError(f"{csv_path} has no training rows yet")
     out = Path(out) if out is not None else csv_path.parent / "curves.png"
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    axes[0].plot(loss_x, loss_y, label="train loss")
+    few = "o-" if len(loss_x) < 20 else "-"  # a line through one point draws nothing: mark short runs' points
+    axes[0].plot(loss_x, loss_y, few, label="train loss")
     vx, vy = series("val_loss")
     if vx:
         axes[0].plot(vx, vy, "o-", label="val loss")
@@ -47,9 +48,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     axes[0].legend()
     lx, ly = series("lr")
     dx, dy = series("decoder_lr")
-    axes[1].plot(lx, ly, label="CLIP lr")
+    axes[1].plot(lx, ly, few, label="CLIP lr")
     if dx:
-        axes[1].plot(dx, dy, label="decoder lr")
+        axes[1].plot(dx, dy, few, label="decoder lr")
     axes[1].set_title("learning rate")
     axes[1].legend()
     ax, ay = series("val_accuracy")
