@@ -196,9 +196,11 @@ class ClipTokenizer:
         vocab_json = self.path.parent / "vocab.json"
         if self.path.name != "merges.txt" or not vocab_json.is_file():
             return
-        try:
-            hf_vocab = json.loads(vocab_json.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        from clip4str.files import read_text_file
+
+        try:  # the one regular-file reader (at most 64 MiB)
+            hf_vocab = json.loads(read_text_file(vocab_json, "vocab.json", ValueError, "utf-8", 64 << 20))
+        except (OSError, ValueError, RecursionError):
             return  # not ours to judge; the merges alone define the ids
         if hf_vocab != self.encoder:
             raise ValueError(

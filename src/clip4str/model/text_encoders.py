@@ -117,9 +117,11 @@ def resolve_model_dir(name_or_path: str, options: Mapping[str, Any], weights: bo
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+    from clip4str.files import MAX_CONFIG_BYTES, read_text_file
+
+    try:  # the one regular-file reader: a FIFO or /dev/zero link is refused, at most 16 MiB
+        data = json.loads(read_text_file(path, "JSON file", ConfigError, "utf-8", MAX_CONFIG_BYTES))
+    except (OSError, json.JSONDecodeError, RecursionError) as err:
         raise ConfigError(f"{path}: not a readable JSON file: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object")
