@@ -557,7 +557,6 @@ def test_hubconf_pretrained_offline_error(monkeypatch):
 
 
 def test_hubconf_recognizer_entry(monkeypatch, tiny_checkpoint, bpe_path):
-    pytest.importorskip("clip4str.api", reason="clip4str/api.py (the Recognizer) has not landed yet")
     monkeypatch.setenv("CLIP4STR_BPE_PATH", str(bpe_path))
     monkeypatch.setattr(hub, "resolve_model", lambda name, *a, **k: tiny_checkpoint)
     reader = _hub_load("recognizer", "clip4str-base")

@@ -487,9 +487,9 @@ def resolve_model(
     if rel.source == "package":
         raise ModelNotFoundError(
             f"model {rel.name!r} is not installed: its files are not at {shipped_model_dir(rel.location)} "
-            "(this version of clip4str does not ship its weights yet). Train it with `clip4str train --config "
-            "small` (docs/small-model.md) and pass the run's best/ folder with --model, or use a released "
-            "model such as 'clip4str-base'"
+            "(an installation without its package data: reinstall clip4str, or train it with `clip4str train "
+            "--config small-long` (docs/small-model.md) and pass the run's best/ folder with --model), or use a "
+            "released model such as 'clip4str-base'"
         )
     dest = _local_dir(cache_dir) / rel.filename
     if offline:

@@ -72,10 +72,6 @@ class ProgressBar:
                 **tqdm_options,
             )
 
-    @property
-    def is_bar(self) -> bool:
-        return self._bar is not None
-
     def line(self) -> str:
         """The plain progress line: ``desc: n/total (p%), rate unit/s, postfix``."""
         elapsed = max(time.monotonic() - self._start, 1e-9)

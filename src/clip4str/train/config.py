@@ -14,7 +14,6 @@ combined by :func:`clip4str.config.merge_into`, like every other config.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -483,7 +482,3 @@ def config_diff(a: TrainConfig, b: TrainConfig) -> list[str]:
     walk(to_dict(a), to_dict(b), "")
     return out
 
-
-def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
-    """A copy of ``cfg`` with top-level fields changed."""
-    return dataclasses.replace(cfg, **changes)
