@@ -271,3 +271,40 @@ def test_read_detect_with_onnx_prints_the_torch_lines(small, realdata_dir, capsy
     assert len(torch_lines) >= 3
     assert [line.split("\t")[1] for line in onnx_lines] == [line.split("\t")[1] for line in torch_lines]
     assert [line.split("\t")[3] for line in onnx_lines] == [line.split("\t")[3] for line in torch_lines]
+
+
+def test_serve_with_the_onnx_runtime_reads_like_the_library(small, realdata_dir) -> None:
+    pytest.importorskip("fastapi")
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    from clip4str.serve import ServeSettings, create_app
+    from clip4str.serve.server import BackgroundServer
+
+    reader = OnnxRecognizer(small[1], threads=2)
+    crops = sorted((realdata_dir / "svt_test" / "crops").iterdir())[:3]
+    boundary = uuid.uuid4().hex
+    body = (
+        b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{p.name}"\r\n\r\n'.encode()
+            + p.read_bytes()
+            + b"\r\n"
+            for p in crops
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
+    with BackgroundServer(create_app(reader, "small-onnx", ServeSettings(max_batch=4))) as server:
+        for path, status in (("/v1/read", 200), ("/v1/explain", 501)):
+            request = urllib.request.Request(server.url + path, data=body, method="POST")
+            request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    got, data = response.status, json.loads(response.read())
+            except urllib.error.HTTPError as err:
+                got, data = err.code, json.loads(err.read())
+            assert got == status, data
+            if status == 200:
+                assert [r["text"] for r in data["results"]] == [p.text for p in reader.read(crops)]
+            else:
+                assert "PyTorch runtime" in data["detail"]

@@ -89,9 +89,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "GET /openapi.json, and a web page at /. Requests are batched together (--max-batch, --max-wait-ms); "
         "a full queue answers 503 with Retry-After. SIGTERM drains and exits 0. See docs/serving.md.",
     )
-    from clip4str.cli.read import add_decoding_arguments
+    from clip4str.cli.read import add_decoding_arguments, add_runtime_argument
 
     add_decoding_arguments(parser, batch_size=False)
+    add_runtime_argument(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     parser.add_argument(
