@@ -132,7 +132,10 @@ def test_options_are_checked_when_built_and_changed():
 
 def test_a_recognizer_takes_the_models_decoding_and_leaves_the_model_alone(model):
     reader = Recognizer(model, refine_iters=2, charset_test=CHARSET_36)
-    assert reader.options == DecodeOptions(refine_iters=2, charset_test=CHARSET_36)
+    assert reader.options.precision in ("fp32", "bf16")  # 'auto' resolved for this machine
+    assert reader.options == DecodeOptions(
+        refine_iters=2, charset_test=CHARSET_36, precision=reader.options.precision
+    )
     other = reader.with_options(mode="nar", charset_test="abc")
     assert other.model is reader.model and reader.options.mode == "ar" and other.test_charset == "abc"
     assert model.config.charset_test is None and model.charset_adapter("A") == "A"

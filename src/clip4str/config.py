@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from clip4str.charset import CHARSET_94, resolve_charset
+from clip4str.decoding import DecodeOptions  # decoding never imports config: no cycle
 
 T = TypeVar("T")
 
@@ -37,7 +38,6 @@ MAX_WIDTH = 16384
 MAX_LAYERS = 512
 MAX_IMAGE_SIDE = 4096
 MAX_TOKENS = 65536
-MAX_REFINE_ITERS = 100
 MAX_LABEL_LENGTH = 512
 MAX_PARAMETERS = 20_000_000_000
 
@@ -269,8 +269,6 @@ class DecodingConfig:
     visual_only: bool = False
 
     def __post_init__(self) -> None:
-        from clip4str.decoding import DecodeOptions  # the one check of decoding options
-
         try:
             DecodeOptions(mode=self.mode, refine_iters=self.refine_iters, visual_only=self.visual_only)
         except ValueError as err:

@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clip4str.config import MAX_REFINE_ITERS
-
 if TYPE_CHECKING:
     from clip4str.config import ModelConfig
 
 MODES = ("ar", "nar")
+MAX_REFINE_ITERS = 100  # a larger count would never finish
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
