@@ -127,14 +127,12 @@ class BatchReader:
             except Exception as err:  # noqa: BLE001 - reported to the caller with its item
                 return err
 
+        # A batch is ``size`` consecutive items, less those that fail: which images share a forward pass
+        # (and so the last bits of their confidences) depends only on the items' positions, so any run that
+        # reads the same aligned runs of items (``clip4str batch``) gets exactly the same numbers.
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            batch: list[tuple[T, np.ndarray]] = []
+            batch: list[tuple[T, np.ndarray | Exception]] = []
             for item, pixels in _ordered_prefetch(pool, prepare, items, fetched, window=2 * size):
-                if isinstance(pixels, Exception):
-                    yield from self._flush(batch)
-                    batch = []
-                    yield item, pixels
-                    continue
                 batch.append((item, pixels))
                 if len(batch) == size:
                     yield from self._flush(batch)
@@ -158,11 +156,14 @@ class BatchReader:
 
         return read_regions(self, image, boxes, **options)
 
-    def _flush(self, batch: list[tuple[T, np.ndarray]]) -> Iterator[tuple[T, Prediction]]:
-        if not batch:
-            return
-        preds = self._predict(np.stack([a for _, a in batch]))
-        yield from zip([p for p, _ in batch], preds)
+    def _flush(
+        self, batch: list[tuple[T, np.ndarray | Exception]]
+    ) -> Iterator[tuple[T, Prediction | Exception]]:
+        """Read the images of ``batch`` in one forward pass; yield every item in order (errors in place)."""
+        good = [a for _, a in batch if not isinstance(a, Exception)]
+        preds = iter(self._predict(np.stack(good)) if good else [])
+        for item, pixels in batch:
+            yield item, pixels if isinstance(pixels, Exception) else next(preds)
 
 
 def _ordered_prefetch(

@@ -159,7 +159,8 @@ def iter_photos(
 ) -> Iterator[tuple[ImageSource, Photo | Exception]]:
     """Yield ``(image, Photo)`` per input in order, or ``(image, error)`` for one that cannot be loaded.
 
-    The words of ``photos_per_batch`` photos are read together in the reader's batches. ``timer``, when
+    The words of each run of ``photos_per_batch`` inputs (unreadable ones included, so the grouping depends
+    only on the positions) are read together in the reader's batches. ``timer``, when
     given, accumulates seconds of ``loading``, ``detection``, ``cropping`` and ``recognition``.
     """
     det = as_detector(detector)
@@ -197,7 +198,7 @@ def iter_photos(
             quads = _detector_failure(err, img)
         _add(clock, "detection", t)
         batch.append((src, img, quads))
-        if sum(isinstance(q, np.ndarray) for _, _, q in batch) >= photos_per_batch:
+        if len(batch) >= photos_per_batch:  # runs of inputs (failures too): the groups depend on positions only
             yield from flush()
     if batch:
         yield from flush()
