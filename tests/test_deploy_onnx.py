@@ -308,3 +308,18 @@ def test_serve_with_the_onnx_runtime_reads_like_the_library(small, realdata_dir)
                 assert [r["text"] for r in data["results"]] == [p.text for p in reader.read(crops)]
             else:
                 assert "PyTorch runtime" in data["detail"]
+
+
+@pytest.mark.parametrize("variant", ["clip-adapter", "ladder", "vietnamese"])
+def test_adapters_and_other_charsets_export_with_the_same_logits(variant, tmp_path) -> None:
+    from clip4str.factory import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", pretrained=False, variants=(variant,)).eval()
+    reader = OnnxRecognizer(export_onnx(model, tmp_path / "onnx"))
+    h, w = model.config.preprocess.image_size
+    pixels = torch.randn(3, 3, h, w, generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
+    with torch.no_grad():
+        want = model.decode(pixels).numpy()
+    got = reader.logits(pixels.numpy())
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1e-4
