@@ -373,3 +373,24 @@ def test_commands_write_files_only_through_the_output_guard():
             if opens_to_write or (name in writers and (is_os or name != "replace")):
                 found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)[:70]}")
     assert not found, "writes beside the output guard (use clip4str.files.OutputGuard):\n" + "\n".join(found)
+
+
+def test_docs_security_names_only_tests_that_exist():
+    """docs/security.md ties each statement to a test: every test it names must exist (a renamed or deleted
+    test fails here instead of leaving an unproven promise)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "security.md").read_text(encoding="utf-8")
+    named, current = [], None
+    for m in re.finditer(r"`(test_security_\w+\.py)?::(test_\w+)`", text):
+        current = m.group(1) or current
+        named.append((current, m.group(2)))
+    assert len(named) > 60
+    missing = [
+        f"{file}::{name}"
+        for file, name in named
+        if not re.search(rf"^def {name}\(", (root / "tests" / file).read_text(encoding="utf-8"), re.M)
+    ]
+    assert not missing, missing
