@@ -323,3 +323,25 @@ def test_adapters_and_other_charsets_export_with_the_same_logits(variant, tmp_pa
         want = model.decode(pixels).numpy()
     got = reader.logits(pixels.numpy())
     assert got.shape == want.shape and np.abs(got - want).max() <= 1e-4
+
+
+def test_runtime_onnx_exports_a_model_once_and_again_when_its_weights_change(tmp_path, capsys) -> None:
+    """The shipped model as ONNX without a download: exported on first use into a cache keyed by the
+    weights' SHA-256, reused after, and re-exported when the weights are replaced (a retrained model)."""
+    import shutil
+
+    from clip4str import hub
+    from clip4str.deploy.cache import onnx_folder
+
+    model = tmp_path / "model"
+    shutil.copytree(hub.shipped_model_dir("clip4str-small"), model)
+    first = onnx_folder(model, cache_dir=tmp_path / "cache")
+    assert "exporting" in capsys.readouterr().err
+    assert onnx_folder(model, cache_dir=tmp_path / "cache") == first
+    assert "exporting" not in capsys.readouterr().err
+    config = json.loads((model / "config.json").read_text())
+    config["decoding"]["refine_iters"] = 2  # any change of the model's files
+    (model / "config.json").write_text(json.dumps(config))
+    second = onnx_folder(model, cache_dir=tmp_path / "cache")
+    assert second != first and "exporting" in capsys.readouterr().err
+    assert OnnxRecognizer(second).options.refine_iters == 2
