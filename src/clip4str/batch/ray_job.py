@@ -113,8 +113,9 @@ def _stderr_kept_back() -> Iterator[list[bool]]:
 def pool_size(
     workers: int | None, cpus_per_worker: float | None, gpus_per_worker: float
 ) -> tuple[int, float]:
-    """(actors, CPUs per actor): given values, else one actor per GPU share, or on CPUs one actor per node
-    using that node's cores (the fewest any node has)."""
+    """(actors, CPUs per actor): given values, else one actor per GPU share, or on CPUs one single-threaded
+    actor per core (a small model gains little from a second thread, and threads of one process collapse
+    on a busy machine: docs/scale.md)."""
     ray = _import_ray()
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     node_cpus = [float(n["Resources"].get("CPU", 0)) for n in nodes] or [1.0]
@@ -132,7 +133,7 @@ def pool_size(
             cpus_per_worker = max(1.0, min(8.0, float(int(per_gpu * gpus_per_worker))))
         return n, cpus_per_worker
     if cpus_per_worker is None:
-        cpus_per_worker = max(1.0, min(node_cpus))
+        cpus_per_worker = 1.0
     if workers is None:
         workers = max(1, int(sum(c // cpus_per_worker for c in node_cpus)))
     return workers, cpus_per_worker
@@ -183,9 +184,11 @@ def run_chunks(
     cpus_per_worker: float,
     gpus_per_worker: float,
     progress_bars: bool,
+    calls_per_worker: int = 1,
 ) -> Iterator[Any]:
     """Run the chunk rows through the actor pool; yields pyarrow tables of output rows as they finish
-    (in no particular order)."""
+    (in no particular order). ``calls_per_worker`` > 1 lets an actor decode one chunk's images while the
+    model reads another (each call is still one whole chunk, so the numbers do not change)."""
     _import_ray()
     import ray.data
 
@@ -201,7 +204,11 @@ def run_chunks(
         fn_constructor_kwargs={"settings": settings, "threads": threads},
         batch_size=1,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        compute=ray.data.ActorPoolStrategy(
+            size=workers,
+            max_concurrent_calls_per_actor=calls_per_worker,
+            enable_true_multi_threading=calls_per_worker > 1,
+        ),
         num_cpus=cpus_per_worker,
         num_gpus=gpus_per_worker or None,
     )

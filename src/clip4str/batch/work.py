@@ -31,12 +31,12 @@ class ChunkWorker:
         from clip4str.cli.read import load_recognizer
 
         self.settings = settings
-        self.threads = max(2, threads or 4)
-        if threads:
-            with contextlib.suppress(ImportError):
-                import torch
+        self.threads = max(2, threads or 4)  # image-decoding threads
+        if threads:  # the model's threads too (as clip4str read --threads)
+            from clip4str.threads import set_threads
 
-                torch.set_num_threads(threads)
+            set_threads(threads)
+            settings = {**settings, "args": {**settings["args"], "threads": threads}}
         quiet = io.StringIO()
         with contextlib.redirect_stderr(quiet):  # its "clip4str: model ..." line is the driver's to print
             self.reader = load_recognizer(argparse.Namespace(**settings["args"]))

@@ -21,6 +21,8 @@ def run(args: argparse.Namespace) -> int:
     parser = args.command_parser
     if args.gpus_per_worker < 0 or (args.workers is not None and args.workers < 1):
         parser.error("--workers must be at least 1 and --gpus-per-worker at least 0")
+    if args.calls_per_worker is not None and args.calls_per_worker < 1:
+        parser.error("--calls-per-worker must be at least 1")
     if args.cpus_per_worker is not None and args.cpus_per_worker <= 0:
         parser.error("--cpus-per-worker must be above 0")
     if args.device is None:
@@ -104,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
                 plain=True,
                 interval=log_every,
             ) as bar:
-                for table in ray_job.run_chunks(rows, settings, workers, cpus, args.gpus_per_worker, tty):
+                calls = args.calls_per_worker or (2 if args.gpus_per_worker > 0 else 1)
+                stream = ray_job.run_chunks(rows, settings, workers, cpus, args.gpus_per_worker, tty, calls)
+                for table in stream:
                     written = job.add(table)
                     bar.update(table.num_rows)
                     bar.set_postfix(shards=f"{len(job.finished)}/{plan.shards}", errors=job.errors_written)
@@ -177,14 +181,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=None,
-        help="model actors (default: one per GPU share, or on CPUs one per node)",
+        help="model actors (default: one per GPU share, or on CPUs one per core)",
     )
     ray.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (default 0: CPU)")
     ray.add_argument(
         "--cpus-per-worker",
         type=float,
         default=None,
-        help="CPUs per actor (torch and decoding threads; default: a node's cores on CPUs, up to 8 per GPU)",
+        help="CPUs per actor: its torch threads (as read --threads) and decoding threads (default: 1 on CPUs; a node's CPUs per GPU, up to 8, with GPUs)",
+    )
+    ray.add_argument(
+        "--calls-per-worker",
+        type=int,
+        default=None,
+        help="chunks an actor works on at once, so image decoding overlaps the model (default: 2 with GPUs, "
+        "1 on CPUs, where both would share the same cores)",
     )
     ray.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     parser.add_argument(
