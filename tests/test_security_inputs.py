@@ -230,7 +230,6 @@ def test_crops_are_made_and_read_a_batch_at_a_time(monkeypatch):
     """Issue 24 item 6: `read --boxes` built every crop of a photo before reading any (3,000 boxes on a
     1024² image grew past 3.5 GB)."""
     from clip4str.detect import pipeline
-
     from clip4str.detect.geometry import quad_size
 
     made = [0]
