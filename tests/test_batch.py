@@ -106,8 +106,11 @@ def test_batch_gives_the_texts_and_confidences_of_read_and_an_error_row(first_ru
 
 def test_rows_equal_the_readers_numbers_to_the_last_bit(first_run, crops):
     """Unrounded: the same forward passes as read (runs of 16 items, the corrupt one left out of its own)."""
+    import torch
+
     import clip4str
 
+    torch.set_num_threads(1)  # as the actors (--cpus-per-worker 1) and clip4str read for the small model
     rows = read_rows(first_run[0])[: 3 * BATCH]  # the first three forward passes (one holds the corrupt file)
     reader = clip4str.load(batch_size=BATCH)
     expected = list(reader.read_files([r["path"] for r in rows]))
@@ -174,7 +177,7 @@ def test_detect_reads_photos_as_read_does_and_bad_entries_are_error_rows(
     ray_cluster, realdata_dir, tmp_path, capsys
 ):
     _require("rapidocr")
-    photos = [str(realdata_dir / "ic15_scenes_test" / "Imgs" / f"img_{n}.jpg") for n in (2, 3, 5)]
+    photos = [str(realdata_dir / "ic15_scenes_test" / "Imgs" / f"img_{n}.jpg") for n in (2, 3)]
     fifo = tmp_path / "fifo.jpg"
     os.mkfifo(fifo)
     huge = tmp_path / "huge.png"
@@ -184,7 +187,8 @@ def test_detect_reads_photos_as_read_does_and_bad_entries_are_error_rows(
     bad = [str(tmp_path / "missing.jpg"), "a_folder", str(fifo), "/dev/zero", str(huge)]
     manifest.write_text("\n".join(photos + bad) + "\n")
     out = tmp_path / "out"
-    code = main(["batch", str(manifest), "--detect", "--out", str(out), "--format", "jsonl", "--quiet"])
+    argv = ["batch", str(manifest), "--detect", "--out", str(out), "--format", "jsonl", "--workers", "1"]
+    code = main([*argv, "--quiet"])
     assert code == 0
     rows = read_rows(out)
     assert [r["path"] for r in rows] == photos + [bad[0], str(tmp_path / "a_folder"), *bad[2:]]
@@ -194,12 +198,12 @@ def test_detect_reads_photos_as_read_does_and_bad_entries_are_error_rows(
         assert row["words"] == photo["words"]  # texts, confidences and boxes
         assert row["text"] == " ".join(w["text"] for w in photo["words"])
     assert {"JOINT", "PAIN"} <= {w["text"].upper() for w in rows[0]["words"]}
-    errors = [r["error"] for r in rows[3:]]
+    errors = [r["error"] for r in rows[2:]]
     assert "not found" in errors[0]
     assert "directory" in errors[1]
     assert "FIFO" in errors[2] and "device" in errors[3]
     assert "decompression bomb" in errors[4]
-    assert all(r["text"] is None and r["options"]["detect"] for r in rows[3:])
+    assert all(r["text"] is None and r["options"]["detect"] for r in rows[2:])
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -279,6 +283,7 @@ def test_manifests_lmdb_and_uris_list_the_same_images(realdata_dir, tmp_path):
     assert expand_inputs([str(folder)]) == (expect, [])
     assert expand_inputs([str(tmp_path / "list.txt")]) == (expect, [])
     assert expand_inputs([str(tmp_path / "m.parquet")], column="file") == (expect, [])
+    assert expand_inputs([f"file://{tmp_path}/m.parquet"], column="file") == (expect, [])  # a manifest URI
     rel = expand_inputs([str(folder_csv)])[0]  # relative to the manifest's folder
     assert [i.path for i in rel] == [str(tmp_path / Path(p).name) for p in images]
     uris = expand_inputs([f"file://{folder}"])[0]

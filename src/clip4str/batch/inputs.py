@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from clip4str.errors import DatasetError, ImageReadError
-from clip4str.files import MAX_IMAGE_BYTES, MAX_TEXT_BYTES, read_regular_file, read_text_file
+from clip4str.files import MAX_IMAGE_BYTES, MAX_TEXT_BYTES, read_regular_file
 
 __all__ = [
     "MANIFEST_SUFFIXES",
@@ -77,6 +77,10 @@ def expand_inputs(specs: list[str], column: str = "path") -> tuple[list[Item], l
     problems: list[str] = []
     for spec in specs:
         try:
+            if is_uri(spec) and Path(spec).suffix.lower() in MANIFEST_SUFFIXES:
+                data = fetch_bytes(Item(spec), MAX_TEXT_BYTES, "manifest")
+                items.extend(_parse_manifest(data, spec, spec.rsplit("/", 1)[0] + "/", column))
+                continue
             if is_uri(spec) and not spec.startswith("file://"):
                 items.extend(_expand_uri(spec))
                 continue
@@ -123,28 +127,31 @@ def _expand_lmdbs(folder: Path) -> Iterator[Item]:
 
 
 def _read_manifest(path: Path, column: str) -> list[Item]:
-    suffix = path.suffix.lower()
+    data = read_regular_file(path, MAX_TEXT_BYTES, "manifest", DatasetError)
+    return _parse_manifest(data, str(path), str(path.parent) + "/", column)
+
+
+def _parse_manifest(data: bytes, path: str, base: str, column: str) -> list[Item]:
+    """The items a manifest's bytes list; relative entries are joined to ``base`` (its folder)."""
+    suffix = Path(path).suffix.lower()
     if suffix in (".txt", ".lst", ".list"):
-        text = read_text_file(path, "manifest", DatasetError, max_bytes=MAX_TEXT_BYTES)
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise DatasetError(
+                f"manifest {path} is not UTF-8 text ({err.reason}); save it as UTF-8"
+            ) from None
         entries = [line.strip() for line in text.splitlines()]
         entries = [e for e in entries if e and not e.startswith("#")]
     else:
-        entries = _table_column(path, column, suffix)
-    base = path.parent
-    out = []
-    for entry in entries:
-        if is_uri(entry) or Path(entry).is_absolute():
-            out.append(Item(entry))
-        else:
-            out.append(Item(str(base / entry)))
-    return out
+        entries = _table_column(data, path, column, suffix)
+    return [Item(e if is_uri(e) or Path(e).is_absolute() else base + e) for e in entries]
 
 
-def _table_column(path: Path, column: str, suffix: str) -> list[str]:
-    """The ``column`` values of a CSV/TSV/Parquet manifest (read through the one bounded reader)."""
+def _table_column(data: bytes, path: str, column: str, suffix: str) -> list[str]:
+    """The ``column`` values of a CSV/TSV/Parquet manifest's bytes."""
     import pyarrow as pa
 
-    data = read_regular_file(path, MAX_TEXT_BYTES, "manifest", DatasetError)
     try:
         if suffix in (".parquet", ".pq"):
             import pyarrow.parquet as pq
@@ -212,8 +219,8 @@ def _expand_uri(uri: str) -> list[Item]:
 
 
 # ------------------------------------------------------------------------------------------------ fetching
-def fetch_bytes(item: Item) -> bytes:
-    """The encoded image of a URI or LMDB item, at most ``MAX_IMAGE_BYTES`` (ImageReadError otherwise)."""
+def fetch_bytes(item: Item, max_bytes: int = MAX_IMAGE_BYTES, what: str = "image file") -> bytes:
+    """The bytes of a file, URI or LMDB item, at most ``max_bytes`` (ImageReadError otherwise)."""
     if item.kind == "lmdb":
         from clip4str.data.lmdb_dataset import open_lmdb
 
@@ -239,26 +246,24 @@ def fetch_bytes(item: Item) -> bytes:
         except Exception as err:  # noqa: BLE001 - any filesystem failure is this item's error
             raise ImageReadError(f"{item.path}: {err}") from None
         if info.type == pafs.FileType.NotFound:
-            raise ImageReadError(f"image file not found: {item.path}")
+            raise ImageReadError(f"{what} not found: {item.path}")
         if info.type == pafs.FileType.Directory:
-            raise ImageReadError(f"image file {item.path} is a directory, not a file")
+            raise ImageReadError(f"{what} {item.path} is a directory, not a file")
         if info.type != pafs.FileType.File:
-            raise ImageReadError(f"image file {item.path} is not a regular file; refusing to read it")
-        if info.size is not None and info.size > MAX_IMAGE_BYTES:
+            raise ImageReadError(f"{what} {item.path} is not a regular file; refusing to read it")
+        if info.size is not None and info.size > max_bytes:
             raise ImageReadError(
-                f"image file {item.path} is {info.size:,} bytes, over the {MAX_IMAGE_BYTES >> 20} MiB limit; not read"
+                f"{what} {item.path} is {info.size:,} bytes, over the {max_bytes >> 20} MiB limit; not read"
             )
         try:
             with fs.open_input_stream(path) as stream:
-                data = stream.read(MAX_IMAGE_BYTES + 1)
+                data = stream.read(max_bytes + 1)
         except Exception as err:  # noqa: BLE001
-            raise ImageReadError(f"cannot read image {item.path}: {err}") from None
-        if len(data) > MAX_IMAGE_BYTES:
-            raise ImageReadError(
-                f"image file {item.path} is over the {MAX_IMAGE_BYTES >> 20} MiB limit; not read"
-            )
+            raise ImageReadError(f"cannot read {what} {item.path}: {err}") from None
+        if len(data) > max_bytes:
+            raise ImageReadError(f"{what} {item.path} is over the {max_bytes >> 20} MiB limit; not read")
         return data
-    return read_regular_file(item.path, MAX_IMAGE_BYTES, "image file", ImageReadError)
+    return read_regular_file(item.path, max_bytes, what, ImageReadError)
 
 
 def load_item(item: Item) -> Any:
