@@ -318,4 +318,14 @@ def load_onnx_for_cli(args: Any, changes: dict[str, Any]) -> OnnxRecognizer:
     if changes.get("precision") in ("auto", None):
         changes = {**changes, "precision": None}
     folder = onnx_folder(getattr(args, "model", None))
-    return OnnxRecognizer(folder, providers=providers, **changes)
+    threads = getattr(args, "threads", None)
+    if (
+        threads is None and device == "cpu"
+    ):  # as the torch reader: 1 thread for small models (clip4str.threads)
+        from clip4str.deploy.manifest import read_manifest
+        from clip4str.threads import default_threads
+
+        manifest = read_manifest(folder)
+        size = sum(int(f.get("bytes", 0)) for f in manifest["files"].values())
+        threads = default_threads(size // (4 if manifest.get("precision") == "fp32" else 1))
+    return OnnxRecognizer(folder, providers=providers, threads=threads, **changes)
