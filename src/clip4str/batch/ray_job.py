@@ -194,6 +194,7 @@ def run_chunks(
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress_bars
+    ctx.use_ray_tqdm = False  # plain tqdm bars in this (driver) process, on its terminal
     ctx.print_on_execution_start = progress_bars
     if not progress_bars:
         logging.getLogger("ray.data").setLevel(logging.ERROR)
