@@ -267,3 +267,19 @@ def test_serve_checks_its_port_before_loading_the_model(capsys):
         assert main(["serve", "--port", str(port), "--model", "/nonexistent/never-loaded"]) == 1
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}" in err and "never-loaded" not in err
+
+
+def test_the_figure_from_the_kept_tile_equals_the_library_figure(reader):
+    """Item 8: /v1/explain keeps only each image's figure tile, and draws the same figure as the library."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (300, 1000, 3), dtype=np.uint8))
+    data = png(image)
+    with BackgroundServer(create_app(reader, "tiny")) as srv:
+        body, ctype = multipart([("big.png", data)])
+        req = urllib.request.Request(
+            srv.url + "/v1/explain?format=png", data=body, method="POST", headers={"Content-Type": ctype}
+        )
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            served = np.asarray(Image.open(io.BytesIO(resp.read())).convert("RGB"))
+    expected = np.asarray(reader.explain([data])[0].figure.convert("RGB"))
+    assert served.shape == expected.shape and np.array_equal(served, expected)

@@ -181,14 +181,21 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def figure_tile_size(size: tuple[int, int], tile_width: int = 160) -> tuple[int, int]:
+    """(width, height) of the tiles of :func:`attention_figure` for an image of ``size``: ``tile_width``
+    wide, the image's aspect kept within 32 to ``2 * tile_width`` pixels high. An image already of this
+    size draws the same figure, so a service may keep only that copy (``clip4str.serve``)."""
+    w, h = size
+    return tile_width, int(min(max(round(tile_width * h / max(w, 1)), 32), 2 * tile_width))
+
+
 def attention_figure(
     image: Image.Image, explanation: Explanation, tile_width: int = 160, columns: int = 4
 ) -> Image.Image:
     """The paper-style figure: the input, then one tile per read character with its attention map over the
     image and its label ``'c' 0.98`` (the character and its probability)."""
-    w, h = image.size
-    tile_h = int(min(max(round(tile_width * h / max(w, 1)), 32), 2 * tile_width))
-    tile = (tile_width, tile_h)
+    tile = figure_tile_size(image.size, tile_width)
+    tile_h = tile[1]
     label_h, pad = 18, 6
     n = len(explanation.text)
     cols = max(1, min(columns, n))

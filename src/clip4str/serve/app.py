@@ -34,14 +34,13 @@ from starlette.requests import ClientDisconnect
 from clip4str.api import Recognizer
 from clip4str.data.transforms import preprocess_one
 from clip4str.decoding import DecodeOptions
-from clip4str.explain import Explanation, attention_figure, explain_pixels
+from clip4str.explain import Explanation, attention_figure, explain_pixels, figure_tile_size
 from clip4str.serve.batching import Closed, DynamicBatcher, QueueFull
 from clip4str.serve.inputs import ApiError, Limits, charset_option, image_size, open_image
 
 log = logging.getLogger("clip4str.serve")
 STATIC = Path(__file__).parent / "static"
 OPTIONS = ("decode", "refine_iters", "visual_only", "charset_test")
-FIGURE_SIDE = 640  # /v1/explain keeps, for a figure, at most this many pixels a side of each image
 
 
 @dataclass
@@ -366,14 +365,14 @@ def create_app(reader: Recognizer, name: str, settings: ServeSettings | None = N
 
     def prepare(index: int, filename: str, data: bytes, keep: bool) -> tuple[torch.Tensor, Any]:
         """(runs in the decoding pool) bytes → preprocessed (3, H, W) tensor, and, if ``keep``, the image
-        for its figure (at most FIGURE_SIDE pixels a side: the full image is dropped here)."""
+        for its figure: only the figure's tile (160 px wide, at most 320 high; the same figure), the full
+        image is dropped here."""
         image = open_image(data, label(index, filename), limits.max_pixels)
         pixels = preprocess_one(image, cfg.preprocess)
         if not keep:
             return pixels, None
-        if max(image.size) > FIGURE_SIDE:
-            image.thumbnail((FIGURE_SIDE, FIGURE_SIDE), Image.Resampling.BICUBIC)
-        return pixels, image
+        tile = figure_tile_size(image.size)
+        return pixels, image if image.size == tile else image.resize(tile, Image.Resampling.BICUBIC)
 
     def options_of(
         request: Request,
@@ -440,6 +439,8 @@ def create_app(reader: Recognizer, name: str, settings: ServeSettings | None = N
                 results = await batcher.submit(
                     (options, explain), [pixels for pixels, _ in prepared], reservation
                 )
+                kept = [image for _, image in prepared]
+                del prepared  # the tensors go now; only the figure tiles (if any) wait for the answer
             finally:
                 reservation.release()
         except QueueFull as err:
@@ -448,7 +449,7 @@ def create_app(reader: Recognizer, name: str, settings: ServeSettings | None = N
             ) from err
         except Closed as err:
             raise ApiError(503, "shutting_down", str(err)) from err
-        return names, results, [image for _, image in prepared]
+        return names, results, kept
 
     decode_q = Query(None, description="'ar' (autoregressive) or 'nar'; default: the model's")
     refine_q = Query(None, ge=0, le=limits.max_refine_iters, description="cloze refinement iterations")
