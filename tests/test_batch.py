@@ -243,6 +243,10 @@ def test_another_jobs_folder_is_refused(crops, tmp_path, capsys):
 
     plan = Plan(few, 3, items_digest([Item(p) for p in few]), 32, 32, "parquet", False, "clip4str-small")
     JobFolder(out, plan, OutputGuard()).open()
+    left = [out / ".part-00000.parquet.x1y2.tmp.parquet", out / "._clip4str_batch.json.a.tmp"]  # a kill's
+    for path in left:
+        path.write_bytes(b"half")
+    assert JobFolder(out, plan, OutputGuard()).open() == set() and not any(p.exists() for p in left)
     assert main(["batch", *few[:2], "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "holds another job" in err and "inputs" in err

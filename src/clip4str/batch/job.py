@@ -32,7 +32,10 @@ PLAN_NAME = "_clip4str_batch.json"
 PLAN_VERSION = 1
 FORMATS = {"parquet": "parquet", "jsonl": "jsonl"}  # --format → file suffix
 _SHARD = re.compile(r"^part-(\d{5,})\.(parquet|jsonl)$")
-_TEMP = re.compile(r"^\.(part-\d{5,}\.(parquet|jsonl)|" + re.escape(PLAN_NAME) + r")\..+\.tmp$")
+# atomic_write's temporaries: ".<name>.<random>.tmp", the target's suffix possibly repeated at the end
+_TEMP = re.compile(
+    r"^\.(part-\d{5,}\.(parquet|jsonl)|" + re.escape(PLAN_NAME) + r")\..+\.tmp(\.(parquet|jsonl|json))?$"
+)
 
 
 @dataclass
