@@ -16,7 +16,18 @@ def test_bench_real_model_on_real_images_beside_rapidocr(golden_dir, tmp_path, c
     pytest.importorskip("rapidocr")
     out = tmp_path / "bench.json"
     argv = ["bench", "--model", str(golden_dir / "clip4str_tiny.ckpt"), "--images", str(EXAMPLES)]
-    argv += ["--batch-sizes", "1,3", "--repeats", "1", "--warmup", "0", "--threads", "1"]
+    argv += [
+        "--batch-sizes",
+        "1,3",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--precision",
+        "fp32",
+    ]
     assert main([*argv, "--peer", "rapidocr", "--out", str(out)]) == 0
     payload = json.loads(out.read_text())
     assert "--peer rapidocr" in payload["command"] and "--images" in payload["command"]

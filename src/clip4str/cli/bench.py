@@ -489,10 +489,13 @@ def _handler(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError("--repeats must be >= 1 and --warmup >= 0")
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    import torch
+
     from clip4str.precision import choose_precision
 
-    auto = choose_precision(args.device)
-    log(f"precision auto would choose {auto.precision} on {args.device}: {auto.reason}")
+    if not (args.device.startswith("cuda") and not torch.cuda.is_available()):  # else run_benchmark says why
+        auto = choose_precision(args.device)
+        log(f"precision auto would choose {auto.precision} on {args.device}: {auto.reason}")
     from clip4str.files import OutputGuard
 
     guard = OutputGuard("clip4str bench", overwrite=args.overwrite)
