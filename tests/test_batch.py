@@ -46,13 +46,18 @@ def ray_cluster():
     _require("ray")
     if hub.cached_path(hub.SMALL_MODEL) is None:
         pytest.skip("no shipped model")
+    import signal
+
     import ray
 
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+        for signum, handler in saved.items():  # Ray's handlers would outlive it in this process
+            signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -53,6 +54,9 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+_SAVED_HANDLERS: dict[int, Any] = {}
+
+
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray with this machine's cores
     (``num_cpus`` to use fewer). An already initialised Ray (a test, a notebook) is used as it is.
@@ -77,6 +81,8 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         # for 20 s, printing a warning a second: bound it to seconds.
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(int(CONNECT_TIMEOUT_S)))
     ray = _import_ray()
+    # ray.init installs its own SIGTERM/SIGINT handlers in this process; shutdown() puts ours back
+    _SAVED_HANDLERS.update({s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)})
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address is None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
@@ -236,3 +242,7 @@ def shutdown(started: bool, flush: Callable[[], None] | None = None) -> None:
         ray = sys.modules.get("ray")
         if ray is not None:
             ray.shutdown()
+    for signum, handler in _SAVED_HANDLERS.items():
+        if handler is not None:
+            signal.signal(signum, handler)
+    _SAVED_HANDLERS.clear()
