@@ -32,7 +32,9 @@ print(f"torch-free ONNX reader: SVT {accuracy:.2f} % on {len(labels)} crops (flo
 assert accuracy >= floor, f"SVT accuracy {accuracy:.2f} below {floor:.2f}"
 cli = subprocess.run(
     [str(Path(sys.executable).with_name("clip4str")), "read", "--model", str(folder), *map(str, paths[:8])],
-    capture_output=True, text=True, check=True,
+    capture_output=True,
+    text=True,
+    check=True,
 )
 lines = cli.stdout.strip().splitlines()
 assert [line.split("\t")[1] for line in lines] == [p.text for p in preds[:8]], cli.stdout

@@ -142,7 +142,7 @@ class CharTokenizer:
         Released checkpoints were trained with this behaviour, so it is reproduced.
         """
         out = []
-        for row in (ids.tolist() if hasattr(ids, "tolist") else list(ids)):
+        for row in ids.tolist() if hasattr(ids, "tolist") else list(ids):
             text = "".join(self.itos[i] for i in row)
             cut = text.find(EOS)
             out.append(text if cut < 0 else text[:cut])

@@ -53,7 +53,9 @@ def predictions_from_probs(tokenizer: CharTokenizer, probs: np.ndarray) -> list[
     out = []
     for text, row, end in zip(texts, best, ends):
         kept = row[:end]
-        out.append(Prediction(text=text, confidence=float(np.prod(kept)), char_probs=[float(v) for v in kept]))
+        out.append(
+            Prediction(text=text, confidence=float(np.prod(kept)), char_probs=[float(v) for v in kept])
+        )
     return out
 
 

@@ -40,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--int8", action="store_true", help="with --format onnx: dynamic int8 quantization")
     parser.add_argument(
-        "--visual-only", action="store_true", help="with --format onnx: no text branch (e.g. non-CLIP text encoders)"
+        "--visual-only",
+        action="store_true",
+        help="with --format onnx: no text branch (e.g. non-CLIP text encoders)",
     )
     parser.set_defaults(handler=run)
 

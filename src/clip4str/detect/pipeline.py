@@ -198,7 +198,9 @@ def iter_photos(
             quads = _detector_failure(err, img)
         _add(clock, "detection", t)
         batch.append((src, img, quads))
-        if len(batch) >= photos_per_batch:  # runs of inputs (failures too): the groups depend on positions only
+        if (
+            len(batch) >= photos_per_batch
+        ):  # runs of inputs (failures too): the groups depend on positions only
             yield from flush()
     if batch:
         yield from flush()

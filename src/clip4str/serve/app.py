@@ -497,7 +497,9 @@ def create_app(reader: Recognizer, name: str, settings: ServeSettings | None = N
         """Read images and say where the model looked: per read character, the final decoder's
         cross-attention over the image patches (averaged over heads), as arrays and/or a figure."""
         if not hasattr(reader, "explain"):  # ONNX Runtime (serve --runtime onnx) records no attention
-            raise ApiError(501, "not_supported", "explain needs the PyTorch runtime; this service reads with ONNX")
+            raise ApiError(
+                501, "not_supported", "explain needs the PyTorch runtime; this service reads with ONNX"
+            )
         options = options_of(
             request, decode, refine_iters, visual_only, charset_test, extra=("format", "figure")
         )

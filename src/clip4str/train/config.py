@@ -481,4 +481,3 @@ def config_diff(a: TrainConfig, b: TrainConfig) -> list[str]:
 
     walk(to_dict(a), to_dict(b), "")
     return out
-
