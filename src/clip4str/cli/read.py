@@ -133,11 +133,10 @@ def expand_paths(specs: list[str]) -> tuple[list[str], list[str]]:
             found.extend(matches)
         else:
             unmatched.append(spec)
-    unique = list(dict.fromkeys(os.path.realpath(p) for p in found))  # a folder and an overlapping glob
-    first = {}
+    first: dict[str, str] = {}  # a folder and an overlapping glob name a file twice: keep its first name
     for p in found:
         first.setdefault(os.path.realpath(p), p)
-    return [first[r] for r in unique], unmatched
+    return list(first.values()), unmatched
 
 
 def run(args: argparse.Namespace) -> int:

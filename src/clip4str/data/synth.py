@@ -688,12 +688,17 @@ def render_sample(index: int, cfg: SynthConfig) -> tuple[bytes, str]:
     when the sample's degradation includes JPEG loss, else a PNG.
     """
     img, quality, text = render_image(index, cfg)
+    return _encode(img, quality), text
+
+
+def _encode(img: Image.Image, quality: int | None) -> bytes:
+    """JPEG at ``quality`` (the sample's JPEG loss), or PNG when None."""
     buf = io.BytesIO()
     if quality is not None:
         img.save(buf, format="JPEG", quality=quality)
     else:
         img.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue(), text
+    return buf.getvalue()
 
 
 def render_image(index: int, cfg: SynthConfig) -> tuple[Image.Image, int | None, str]:
@@ -758,9 +763,7 @@ class RenderedWords(Dataset):
             raise IndexError(f"index {index} out of range for {self.name} with {self.count} samples")
         img, quality, text = render_image(index, self.cfg)
         if quality is not None:
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=quality)
-            img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+            img = Image.open(io.BytesIO(_encode(img, quality))).convert("RGB")
         return img, text
 
     def sample_key(self, index: int) -> str:
